@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from airflow.sdk.exceptions import AirflowException
 from airflow_testenv import spark_daemon_pids
 from spindle.hooks.local_spark import ClusterNotFound, LocalSparkClusterHook
 from spindle.hooks.spark_app import SparkAppSubmitHook, parse_metrics_line
@@ -152,7 +153,7 @@ def test_on_kill_stops_the_driver_and_the_application(cluster, tmp_path):
         try:
             hook.submit(str(app))
             outcome.append(None)
-        except Exception as err:  # spark-submit was killed: a non-zero exit is expected
+        except AirflowException as err:  # spark-submit was killed: a non-zero exit is expected
             outcome.append(err)
 
     worker = threading.Thread(target=submit, daemon=True)
