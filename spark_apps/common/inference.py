@@ -1,0 +1,88 @@
+"""Model inference over Arrow batches: the bodies of the jobs' iterator pandas UDFs.
+
+Kept free of Spark so they can be called (and tested) on plain pandas Series. They live in an
+importable module, not in the job scripts, because a job run as a script is ``__main__``:
+cloudpickle would ship its functions by value and the model cache with them, so every task
+would load the model again. From here the cache stays in the worker process.
+"""
+import time
+
+from spark_apps.common import models
+
+
+def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
+    """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint)]``.
+
+    The whole Arrow batch goes to one ``encode`` call: sentence-transformers sorts it by
+    length before cutting ``batch_size`` chunks, so larger Arrow batches pad less.
+    """
+    import numpy as np
+    import pandas as pd
+
+    models.set_torch_threads(threads)
+    model, model_dir = models.cached_model(
+        "sentence-transformers", model_spec, models.load_sentence_transformer
+    )
+    model_fingerprint = models.fingerprint(model_dir)
+    for texts in batches:
+        start = time.perf_counter()
+        vectors = model.encode(
+            texts.tolist(),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        ).astype(np.float32, copy=False)
+        if on_batch is not None:
+            on_batch(time.perf_counter() - start, len(texts))
+        yield pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
+
+
+def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512):
+    """Greedy ``generate`` + decode of ``prompts``, ``batch_size`` at a time, in input order.
+
+    Prompts are grouped by length so a batch pads little; greedy decoding (no sampling, one
+    beam) makes the output a function of the input only.
+    """
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    outputs = [None] * len(prompts)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            encoded = tokenizer(
+                [prompts[i] for i in chunk],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_input_tokens,
+            )
+            generated = model.generate(
+                input_ids=encoded["input_ids"],  # not token_type_ids: seq2seq models reject them
+                attention_mask=encoded["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+            )
+            for i, text in zip(chunk, tokenizer.batch_decode(generated, skip_special_tokens=True)):
+                outputs[i] = text.strip()
+    return outputs
+
+
+def generate_batches(batches, model_spec, batch_size, max_new_tokens, max_input_tokens=512,
+                     threads=None, on_batch=None):
+    """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint)]``."""
+    import pandas as pd
+
+    models.set_torch_threads(threads)
+    (tokenizer, model), model_dir = models.cached_model("seq2seq", model_spec, models.load_seq2seq)
+    model_fingerprint = models.fingerprint(model_dir)
+    for prompts in batches:
+        start = time.perf_counter()
+        texts = generate_texts(
+            tokenizer, model, prompts.tolist(), batch_size, max_new_tokens, max_input_tokens
+        )
+        if on_batch is not None:
+            on_batch(time.perf_counter() - start, len(prompts))
+        yield pd.DataFrame({"text": texts, "model_fingerprint": model_fingerprint})

@@ -1,0 +1,26 @@
+"""The frame every job runs in: session, warehouse, timing, the metrics line, clean stop."""
+from spark_apps.common import cli, metrics, session
+
+
+def run_job(job, args, body, conf=None):
+    """Run ``body(spark, args, warehouse, watch) -> dict`` and print its metrics line.
+
+    ``conf``: Spark properties the job needs (``--conf`` values win). The session is stopped
+    only when this call created it, so tests and notebooks can reuse theirs.
+    """
+    watch = metrics.Stopwatch()
+    warehouse = cli.Warehouse.from_args(args)
+    spark_conf = dict(conf or {})
+    spark_conf.update(cli.spark_conf_pairs(args.conf))
+    spark, owned = session.get_spark(args.app_name or "spindle." + job, args.master, spark_conf)
+    try:
+        warehouse.configure(spark)
+        result = {"job": job, "spark_app_id": spark.sparkContext.applicationId}
+        result.update(body(spark, args, warehouse, watch))
+        result.setdefault("seconds", {}).update(watch.seconds)
+        result["seconds"]["total"] = watch.total()
+        metrics.emit(result)
+        return result
+    finally:
+        if owned:
+            spark.stop()

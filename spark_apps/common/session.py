@@ -1,0 +1,88 @@
+"""The job's SparkSession, and shipping ``spark_apps`` to executors when nobody else did."""
+import atexit
+import os
+import shutil
+import tempfile
+import zipfile
+
+import spark_apps
+
+DEFAULT_MASTER = "local[*]"
+_SHIPPED_APPS = set()  # application ids this process has shipped the package to
+
+
+def _master_already_set():
+    """True when spark-submit (or spark-defaults.conf) chose a master.
+
+    spark-submit hands its settings to the Python driver as JVM system properties, which only
+    a SparkConf created *after* the gateway JVM is up can see, hence ``_ensure_initialized``.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return SparkConf().contains("spark.master") or bool(os.environ.get("MASTER"))
+
+
+def get_spark(app_name, master=None, conf=None):
+    """Return ``(spark, owned)``: an existing active session is reused (tests, notebooks), else
+    a new one on ``master``, spark-submit's master, or ``local[*]``. ``owned`` tells the caller
+    whether to stop it. Runtime SQL settings in ``conf`` apply to a reused session too."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    builder = SparkSession.builder.appName(app_name)
+    if active is None:
+        if master:
+            builder = builder.master(master)
+        elif not _master_already_set():
+            builder = builder.master(DEFAULT_MASTER)
+    for key, value in sorted((conf or {}).items()):
+        builder = builder.config(key, str(value))
+    spark = builder.getOrCreate()
+    ship_package(spark)
+    return spark, active is None
+
+
+def _shipped_by_submitter(spark):
+    """spark_apps was imported from an archive (a --py-files wheel/zip), or the submitter passed
+    --py-files: then shipping is the submitter's job, and a second copy could shadow theirs."""
+    package_dir = os.path.dirname(os.path.abspath(spark_apps.__file__))
+    if not os.path.isdir(package_dir):  # imported from inside a zip
+        return True
+    return bool(spark.sparkContext.getConf().get("spark.submit.pyFiles", ""))
+
+
+def ship_package(spark):
+    """Zip this checkout's ``spark_apps`` and ``addPyFile`` it, unless it was shipped already.
+
+    Why: pandas UDFs are pickled by reference to ``spark_apps`` modules (that is what keeps the
+    model cache alive across tasks), so every executor must import ``spark_apps``. Run as
+    ``python -m spark_apps.jobs.X`` against a cluster, nothing else puts it on the executors'
+    ``sys.path``; the Airflow side passes a wheel via ``--py-files`` and then we do nothing.
+    """
+    sc = spark.sparkContext
+    if sc.applicationId in _SHIPPED_APPS or _shipped_by_submitter(spark):
+        return None
+    package_dir = os.path.dirname(os.path.abspath(spark_apps.__file__))
+    folder = tempfile.mkdtemp(prefix="spindle-pyfiles-")
+    # Spark serves the file from this path for the whole application: remove it at exit only.
+    atexit.register(shutil.rmtree, folder, True)
+    target = os.path.join(folder, "spark_apps.zip")
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for root, dirs, files in os.walk(package_dir):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    archive.write(path, os.path.relpath(path, os.path.dirname(package_dir)))
+    sc.addPyFile(target)
+    _SHIPPED_APPS.add(sc.applicationId)
+    return target
+
+
+
+def task_slots(spark):
+    """Tasks that run at once: cores (defaultParallelism) over cores per task. One partition per
+    slot keeps every core busy with equal shares and loads each model copy once."""
+    cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    return max(1, spark.sparkContext.defaultParallelism // max(1, cpus))

