@@ -1,0 +1,1 @@
+"""Developer tools for tests and demos (not shipped to clusters)."""

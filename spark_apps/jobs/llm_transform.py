@@ -1,0 +1,128 @@
+"""llm_transform: a seq2seq model (flan-t5 family) applied to a text column with a prompt.
+
+``AutoTokenizer`` + ``AutoModelForSeq2SeqLM.generate`` (greedy, deterministic) in an iterator
+pandas UDF: loaded once per Python worker, batched per Arrow batch. Output Parquet: id, text,
+the output column (default ``label``), model, model_fingerprint.
+
+    python -m spark_apps.jobs.llm_transform --input sentences.jsonl --output labels.parquet \
+        --model /models/flan-t5-small --prompt-template "sentiment of the text: {text}"
+"""
+import os
+import sys
+
+try:
+    import spark_apps  # noqa: F401
+except ImportError:  # spark-submit spark_apps/jobs/<job>.py puts this folder, not the repo root, on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import re
+from typing import Iterator
+
+import pandas as pd
+from pyspark.sql import Observation
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from spark_apps.common import cli, inference, io, job, models, session
+
+JOB = "llm_transform"
+PLACEHOLDER = "{text}"
+DEFAULT_PROMPT = "sentiment of the text: {text}"
+DEFAULT_ARROW_BATCH = 256  # generation is slow per row: smaller batches balance tasks better
+RESERVED = ("id", "text", "model", "model_fingerprint")
+GENERATED = T.StructType(
+    [T.StructField("text", T.StringType()), T.StructField("model_fingerprint", T.StringType())]
+)
+
+
+def parse_args(argv=None):
+    parser = cli.base_parser(JOB, __doc__.split("\n\n")[0])
+    cli.add_model_options(parser, batch_size=16)
+    group = parser.add_argument_group("generation options")
+    group.add_argument(
+        "--prompt-template", default=DEFAULT_PROMPT, help="prompt per row; every {text} is replaced by the row's text"
+    )
+    group.add_argument("--max-new-tokens", type=cli.positive_int, default=8, help="generated tokens per row, at most")
+    group.add_argument(
+        "--max-input-tokens", type=cli.positive_int, default=512, help="prompts are truncated to this many tokens"
+    )
+    group.add_argument("--output-column", default="label", help="column that receives the generated text")
+    args = parser.parse_args(argv)
+    if PLACEHOLDER not in args.prompt_template:
+        parser.error("--prompt-template must contain {text}")
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.output_column) or args.output_column in RESERVED:
+        parser.error("--output-column must be an identifier other than " + ", ".join(RESERVED))
+    return args
+
+
+def prompt_column(template, text):
+    """The template with every ``{text}`` replaced, built from Spark built-ins (no UDF). Other
+    braces in the template are kept as they are, unlike ``str.format``."""
+    parts = template.split(PLACEHOLDER)
+    pieces = [F.lit(parts[0])]
+    for part in parts[1:]:
+        pieces += [text, F.lit(part)]
+    return F.concat(*pieces)
+
+
+def generation_udf(model_spec, args, generate_seconds):
+    batch_size, max_new, max_input = args.batch_size, args.max_new_tokens, args.max_input_tokens
+    threads = args.torch_threads
+
+    def on_batch(seconds, rows):
+        generate_seconds.add(seconds)
+
+    @F.pandas_udf(GENERATED)
+    def generate(prompts: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        return inference.generate_batches(prompts, model_spec, batch_size, max_new, max_input, threads, on_batch)
+
+    return generate
+
+
+def transform(rows, generate_udf, template, output_column, model_name):
+    result = generate_udf(prompt_column(template, F.col("text")))
+    return rows.select(
+        "id",
+        "text",
+        result.getField("text").alias(output_column),
+        F.lit(model_name).alias("model"),
+        result.getField("model_fingerprint").alias("model_fingerprint"),
+    )
+
+
+def run(spark, args, warehouse, watch):
+    source, target = warehouse.path(args.input), warehouse.path(args.output)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size or DEFAULT_ARROW_BATCH))
+    model_spec = models.ship_model(spark, args.model)
+    name, fingerprint = models.describe(model_spec, args.model_name)
+    partitions = args.partitions or session.task_slots(spark)
+    generate_seconds = spark.sparkContext.accumulator(0.0)
+    observed = Observation("llm_transform_input")
+    rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
+    rows = rows.repartition(partitions)  # round-robin: equal shares for every task slot
+    udf = generation_udf(model_spec, args, generate_seconds)
+    with watch.stage("transform"):  # read + generate + write: one Spark action
+        io.write_parquet(transform(rows, udf, args.prompt_template, args.output_column, name), target)
+    counts = observed.get
+    done = counts["rows_in"] - (counts["rows_null_text"] or 0)
+    seconds = watch.seconds["transform"]
+    return {
+        "input": source,
+        "outputs": {"transformed": target},
+        "model": name,
+        "model_fingerprint": fingerprint,
+        "rows_in": counts["rows_in"],
+        "rows_skipped_null_text": counts["rows_null_text"] or 0,
+        "rows_transformed": done,
+        "partitions": partitions,
+        "generate_task_seconds": round(generate_seconds.value, 3),
+        "rows_per_second": round(done / seconds, 2) if seconds else None,
+    }
+
+
+def main(argv=None):
+    return job.run_job(JOB, parse_args(argv), run)
+
+
+if __name__ == "__main__":
+    main()

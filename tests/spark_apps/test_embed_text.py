@@ -1,0 +1,90 @@
+"""embed_text through the production path vs bare sentence-transformers, and the STS Benchmark
+dev Spearman of vectors embedded through the job."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from spark_apps_testlib import STS_DEV, read_sts
+
+from spark_apps.jobs import embed_text
+
+STS_SPEARMAN = 0.8672  # all-MiniLM-L6-v2, bare encode (data/samples PROVENANCE)
+
+
+def spearman(a, b):
+    """Spearman's rho: Pearson correlation of average ranks (no scipy needed)."""
+    return pd.Series(a).rank().corr(pd.Series(b).rank())
+
+
+def weights_sha256(model_dir):
+    digest = hashlib.sha256()
+    with open(f"{model_dir}/model.safetensors", "rb") as handle:
+        digest.update(handle.read())
+    return "sha256:" + digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def bare_model(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(minilm_path, device="cpu")
+
+
+def test_vectors_match_bare_encode(run_job, tmp_path, minilm_path, bare_model):
+    pairs = read_sts()[:60]
+    texts = [s for _, a, b in pairs for s in (a, b)] + ["", "Ünïcödé — ✓ 表", "x " * 400]
+    rows = [{"doc": f"d{i}", "body": t} for i, t in enumerate(texts)] + [{"doc": "null", "body": None}]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    metrics = run_job(
+        embed_text,
+        ["--input", source, "--output", tmp_path / "emb.parquet", "--model", minilm_path,
+         "--id-column", "doc", "--text-column", "body", "--batch-size", 16, "--arrow-batch-size", 50],
+    )  # fmt: skip
+
+    assert metrics["rows_in"] == len(rows)
+    assert metrics["rows_skipped_null_text"] == 1
+    assert metrics["rows_embedded"] == len(texts)
+    assert metrics["model"] == "all-MiniLM-L6-v2"
+    assert metrics["model_fingerprint"] == weights_sha256(minilm_path)
+    out = pd.read_parquet(tmp_path / "emb.parquet")
+    assert list(out.columns) == ["id", "vector", "model", "model_fingerprint", "text_sha256"]
+    assert sorted(out["id"]) == sorted(f"d{i}" for i in range(len(texts)))
+    out = out.set_index("id").loc[[f"d{i}" for i in range(len(texts))]]
+
+    got = np.stack(out["vector"].to_numpy()).astype(np.float64)
+    expected = bare_model.encode(texts, normalize_embeddings=True, convert_to_numpy=True).astype(np.float64)
+    assert got.shape == (len(texts), 384)
+    cosine = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.9999, cosine.min()
+    assert np.abs(np.linalg.norm(got, axis=1) - 1).max() < 1e-5
+    assert list(out["text_sha256"]) == [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
+    assert set(out["model_fingerprint"]) == {weights_sha256(minilm_path)}
+    assert set(out["model"]) == {"all-MiniLM-L6-v2"}
+
+
+def test_sts_dev_spearman_through_the_job(run_job, tmp_path, minilm_path):
+    pairs = read_sts(STS_DEV)
+    assert len(pairs) == 1500
+    sentences = sorted({s for _, a, b in pairs for s in (a, b)})
+    ids = {s: f"s{i}" for i, s in enumerate(sentences)}
+    source = tmp_path / "sts.csv"  # CSV on purpose: quotes and commas in real sentences
+    pd.DataFrame({"id": [ids[s] for s in sentences], "text": sentences}).to_csv(source, index=False)
+
+    metrics = run_job(
+        embed_text,
+        ["--input", source, "--output", tmp_path / "sts.parquet", "--model", minilm_path, "--model-name", "minilm"],
+    )
+
+    assert metrics["rows_embedded"] == len(sentences)
+    out = pd.read_parquet(tmp_path / "sts.parquet")
+    assert set(out["model"]) == {"minilm"}
+    assert set(out["text_sha256"]) == {hashlib.sha256(s.encode("utf-8")).hexdigest() for s in sentences}
+    vectors = dict(zip(out["id"], out["vector"]))
+    cosine = [float(np.dot(vectors[ids[a]], vectors[ids[b]])) for _, a, b in pairs]
+    rho = spearman(cosine, [score for score, _, _ in pairs])
+    assert abs(rho - STS_SPEARMAN) <= 0.002, rho
