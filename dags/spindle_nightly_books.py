@@ -117,7 +117,8 @@ with DAG(
             "languages": "{{ params.languages | join(',') }}",
             "min_pages": "{{ params.min_pages }}",
             "subject": "{{ params.subject }}",
-            "max_age_years": "{{ params.max_age_years or '' }}",
+            # null: any age (the job's own default is 10 years)
+            "max_age_years": "{{ params.max_age_years if params.max_age_years is not none else 'none' }}",
             "reference_year": "{{ params.reference_year or '' }}",
             "limit": "{{ params.limit or '' }}",
         },

@@ -14,7 +14,7 @@ from spindle.config import DEFAULT_WAREHOUSE_CONN_ID, repo_root, secrets_source
 from spindle.hooks.local_spark import LocalSparkClusterHook
 from spindle.hooks.spark_app import SparkAppSubmitHook
 from spindle.links.spark_ui import XCOM_SPARK_APP_ID, XCOM_SPARK_UI_URL, SparkUILink
-from spindle.packaging import build_spark_apps_package
+from spindle.spark_package import build_spark_apps_package
 
 # Defaults every job gets; a key in ``conf`` wins.
 DEFAULT_CONF: dict[str, str] = {
