@@ -1,0 +1,159 @@
+"""One DAG file, four backends: cloud lanes next to the local create → jobs → delete lane.
+
+A DAG builds its local lane as usual (create, :class:`SparkAppJobOperator` jobs, delete as
+teardown), then calls :func:`add_backend_lanes`. That adds:
+
+- ``check_backend``, which must be the DAG's **first** task: it resolves the backend (run
+  param ``backend`` > Variable ``spindle_backend`` > env ``SPINDLE_BACKEND`` > ``local``) and
+  validates its settings (:mod:`spindle.backends.config`), failing with a message that names
+  the missing or malformed setting before any cluster exists;
+- ``choose_backend``, a branch after the DAG's plan task that follows the chosen lane and
+  skips the others (skipped setups skip their teardowns);
+- one task group per cloud backend, the same shape as the local lane: ``stage`` (upload code,
+  model, inputs) → ``create`` → one job task per local job (same job, same arguments) →
+  ``delete`` as the teardown of ``create``; the cluster / job flow / application id goes to
+  every task explicitly as ``create.output``.
+
+Why a branch and not one generic operator that dispatches at run time: every cloud lane
+consists of the providers' own operators (visible as such in the UI and logs), each lane's
+teardown is a plain Airflow teardown of its own create task, and a per-run ``backend`` param
+still picks the lane.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from airflow.sdk import Param, get_current_context, task
+from airflow.sdk.definitions.taskgroup import TaskGroup
+
+from spindle.backends import config
+
+LANE_IDS = {"yandex": "yandex", "emr": "emr", "emr_serverless": "emr_serverless"}
+
+
+def backend_param() -> Param:
+    """The run's ``backend`` param (empty: Variable ``spindle_backend``, env, ``local``)."""
+    return Param(
+        None,
+        type=["null", "string"],
+        enum=[None, *config.BACKENDS],
+        title="Backend",
+        description="Where the Spark cluster runs: local, yandex (Data Proc), emr, emr_serverless. "
+        "Empty: Airflow Variable spindle_backend, else env SPINDLE_BACKEND, else local.",
+    )
+
+
+@task(task_id="check_backend", multiple_outputs=True)
+def check_backend() -> dict[str, Any]:
+    """Resolve the backend and validate its settings; fails naming the bad setting."""
+    params = get_current_context()["params"]
+    resolved = config.resolve(params.get("backend"))
+    print(f"Backend {resolved['backend']!r} (chosen by {resolved['chosen_by']}); settings:\n"
+          + json.dumps(resolved["settings"], indent=2, sort_keys=True))  # fmt: skip
+    return resolved
+
+
+def _job_kwargs(job: Any) -> dict[str, Any]:
+    """What a cloud job task copies from a local :class:`SparkAppJobOperator`."""
+    return {
+        "job": job.job,
+        "job_args": job.job_args,
+        "application_args": job.application_args,
+        "executor_cores": job.executor_cores,
+        "executor_memory": job.executor_memory,
+        "task_cpus": job.task_cpus,
+        "driver_memory": job.driver_memory,
+    }
+
+
+def _yandex_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
+    from spindle.backends.staging import StageSparkAppsOperator
+    from spindle.yandex.operators import (
+        SpindleDataprocCreateClusterOperator,
+        SpindleDataprocDeleteClusterOperator,
+        SpindleDataprocPysparkJobOperator,
+    )
+
+    settings = check["settings"]
+    stage = StageSparkAppsOperator(
+        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="s3_conn_id",
+        scheme="s3a", model_path=model, input_paths=inputs,
+    )  # fmt: skip
+    create = SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings)
+    previous = create
+    for job in jobs:
+        run = SpindleDataprocPysparkJobOperator(
+            task_id=job.task_id, cluster_id=create.output, staged=stage.output, settings=settings,
+            **_job_kwargs(job),
+        )  # fmt: skip
+        previous >> run
+        previous = run
+    delete = SpindleDataprocDeleteClusterOperator(
+        task_id="delete_cluster", cluster_id=create.output, settings=settings,
+    )  # fmt: skip
+    stage >> create
+    previous >> delete
+    delete.as_teardown(setups=create)
+    return stage, create, delete
+
+
+def _emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
+    from spindle.aws.lanes import emr_lane
+
+    return emr_lane(check, jobs, model, inputs, _job_kwargs)
+
+
+def _emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
+    from spindle.aws.lanes import emr_serverless_lane
+
+    return emr_serverless_lane(check, jobs, model, inputs, _job_kwargs)
+
+
+LANE_BUILDERS: dict[str, Callable[..., tuple[Any, Any, Any]]] = {
+    "yandex": _yandex_lane,
+    "emr": _emr_lane,
+    "emr_serverless": _emr_serverless_lane,
+}
+
+
+def add_backend_lanes(
+    *,
+    check: Any,
+    plan: Any,
+    create: Any,
+    jobs: Sequence[Any],
+    model: Any = None,
+    inputs: Any = None,
+    backends: Sequence[str] = ("yandex", "emr", "emr_serverless"),
+) -> dict[str, TaskGroup]:
+    """Add the cloud lanes to the DAG being defined (call it inside ``with DAG(...)``).
+
+    :param check: ``check_backend()`` (must be upstream of everything: the first task).
+    :param plan: the DAG's plan task; the branch runs after it.
+    :param create: the local lane's create task (the branch's ``local`` target).
+    :param jobs: the local lane's :class:`SparkAppJobOperator` tasks, in order.
+    :param model: XComArg of the local model directory to ship as an archive, or None.
+    :param inputs: XComArg(s) of local input paths to upload (unless ``upload_inputs`` is false).
+    """
+    groups: dict[str, TaskGroup] = {}
+    firsts: dict[str, str] = {"local": create.task_id}
+    for backend in backends:
+        with TaskGroup(group_id=LANE_IDS[backend], tooltip=f"{backend} backend") as group:
+            stage, _, _ = LANE_BUILDERS[backend](check, jobs, model, inputs)
+        groups[backend] = group
+        firsts[backend] = stage.task_id
+
+    @task.branch(task_id="choose_backend")
+    def choose_backend(backend: str) -> str:
+        """Follow the chosen backend's lane; the others are skipped."""
+        print(f"Backend {backend!r}: running {firsts[backend]}")
+        return firsts[backend]
+
+    branch = choose_backend(check["backend"])
+    check >> plan >> branch >> create
+    for backend in backends:
+        branch >> groups[backend]
+    return groups

@@ -1,0 +1,316 @@
+"""Data Proc operators Spindle adds to the provider's (thin, over :class:`SpindleDataprocHook`).
+
+- :class:`DataprocStartClusterOperator` / :class:`DataprocStopClusterOperator`: the Data Proc
+  API's Start/Stop calls, for the "persistent cluster" strategy (the provider has neither).
+- :class:`SpindleDataprocPysparkJobOperator`: the provider's
+  :class:`DataprocCreatePysparkJobOperator` running a ``spark_apps`` job from the staged
+  artifacts; it streams the job's driver log (Data Proc job log API) into the task log,
+  returns the job's ``SPINDLE_METRICS``, and has "Spark UI" / console links.
+
+Every operator here takes ``cluster_id`` explicitly (``cluster_id=create.output``): the
+provider's fallback ``xcom_pull(key="cluster_id")`` has no ``task_ids`` and finds nothing in
+Airflow 3.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import yandex.cloud.dataproc.v1.cluster_pb2 as cluster_pb
+from airflow.providers.yandex.operators.dataproc import (
+    DataprocCreateClusterOperator,
+    DataprocCreatePysparkJobOperator,
+    DataprocDeleteClusterOperator,
+)
+from airflow.sdk import BaseOperator
+
+from spindle.backends.common import (
+    LABEL_CREATED,
+    XCOM_CONSOLE_URL,
+    XCOM_SPARK_UI_URL,
+    CloudConsoleLink,
+    CloudSparkUILink,
+    JobSpec,
+    label_value,
+    spindle_labels,
+)
+from spindle.yandex.hooks import (
+    CONSOLE_URL,
+    DEFAULT_MASTER_UI_PORT,
+    SpindleDataprocHook,
+)
+
+
+def _require_cluster_id(cluster_id: Any) -> str:
+    if not cluster_id:
+        raise ValueError("cluster_id is required: pass cluster_id=create.output")
+    return str(cluster_id)
+
+
+class DataprocStartClusterOperator(BaseOperator):
+    """Start a stopped Data Proc cluster (``ClusterService.Start``); returns its id."""
+
+    template_fields: Sequence[str] = ("cluster_id", "connection_id")
+
+    def __init__(self, *, cluster_id: str, connection_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cluster_id = cluster_id
+        self.connection_id = connection_id
+
+    def execute(self, context: Any) -> str:
+        cluster_id = _require_cluster_id(self.cluster_id)
+        SpindleDataprocHook(yandex_conn_id=self.connection_id).start_cluster(cluster_id)
+        self.log.info("Data Proc cluster %s started", cluster_id)
+        return cluster_id
+
+
+class DataprocStopClusterOperator(BaseOperator):
+    """Stop a running Data Proc cluster (``ClusterService.Stop``); returns its id."""
+
+    template_fields: Sequence[str] = ("cluster_id", "connection_id")
+
+    def __init__(self, *, cluster_id: str, connection_id: str | None = None,
+                 decommission_timeout: int = 0, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.cluster_id = cluster_id
+        self.connection_id = connection_id
+        self.decommission_timeout = decommission_timeout
+
+    def execute(self, context: Any) -> str:
+        cluster_id = _require_cluster_id(self.cluster_id)
+        SpindleDataprocHook(yandex_conn_id=self.connection_id).stop_cluster(
+            cluster_id, self.decommission_timeout
+        )
+        self.log.info("Data Proc cluster %s stopped", cluster_id)
+        return cluster_id
+
+
+class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperator):
+    """Run ``spark_apps/jobs/<job>.py`` on a Data Proc cluster with the provider's operator.
+
+    :param job: job module name, e.g. ``"embed_text"``.
+    :param staged: XCom of the stage task (job URIs, wheel, model archive, path rewrites).
+    :param cluster_id: ``create.output``.
+    Other job parameters as in :class:`spindle.backends.common.JobSpec`; ``connection_id`` is the
+    Yandex Cloud connection.
+    """
+
+    template_fields: Sequence[str] = (
+        *DataprocCreatePysparkJobOperator.template_fields, "name", *JobSpec.spec_template_fields,
+    )  # fmt: skip
+    template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json"}
+    operator_extra_links = (CloudSparkUILink(), CloudConsoleLink())
+    ui_color = "#e8f0fb"
+
+    def __init__(self, *, job: str, staged: Any, settings: Any, cluster_id: str, connection_id: str | None = None,
+                 job_args=None, application_args=None, executor_cores=None, executor_memory=None,
+                 task_cpus=None, driver_memory=None, log_poll_interval: float = 2.0,
+                 **kwargs: Any) -> None:  # fmt: skip
+        kwargs.setdefault(
+            "name", "spindle.{{ ti.dag_id }}.{{ ti.task_id }}.{{ ti.run_id }}.{{ ti.try_number }}"
+        )
+        super().__init__(cluster_id=cluster_id, connection_id=connection_id, **kwargs)
+        self.init_spec(
+            job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
+            executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
+            driver_memory=driver_memory,
+        )  # fmt: skip
+        self.log_poll_interval = log_poll_interval
+        self.spark_ui_url: str | None = None
+        self.console_url: str | None = None
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        cluster_id = _require_cluster_id(self.cluster_id)
+        self.yandex_conn_id = self.setting("connection_id", self.yandex_conn_id)
+        self.main_python_file_uri = self.job_uri()
+        self.python_file_uris = self.py_files()
+        self.archive_uris = self.archives()
+        self.args = self.cli_args()
+        self.properties = self.spark_properties()
+        hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
+        self._publish_links(context, hook, cluster_id)
+        stop = threading.Event()
+        streamer = _LogStreamer(hook, cluster_id, self.name, self.log, stop, self.log_poll_interval)
+        streamer.start()
+        try:
+            super().execute(context)
+        finally:
+            stop.set()
+            streamer.join(timeout=60)
+            streamer.drain()
+            self.read_metrics(streamer.text)
+        if self.metrics is None:
+            raise RuntimeError(f"job {self.job!r} finished without printing a SPINDLE_METRICS line")
+        return self.metrics
+
+    def _publish_links(self, context: Any, hook: SpindleDataprocHook, cluster_id: str) -> None:
+        try:
+            self.spark_ui_url = hook.spark_ui_url(
+                cluster_id, self.setting("master_ui_port", DEFAULT_MASTER_UI_PORT)
+            )
+            self.console_url = hook.console_url(cluster_id)
+        except Exception as err:  # links are a convenience: never fail the job for them
+            self.log.warning("Could not work out the Spark UI link of cluster %s: %s", cluster_id, err)
+        context["ti"].xcom_push(key=XCOM_SPARK_UI_URL, value=self.spark_ui_url)
+        context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
+        self.log.info("Spark UI: %s; console: %s", self.spark_ui_url, self.console_url)
+
+
+class _LogStreamer(threading.Thread):
+    """Follows the job's driver log (Data Proc ``JobService.ListLog``) into the task log."""
+
+    def __init__(self, hook: SpindleDataprocHook, cluster_id: str, job_name: str, log, stop: threading.Event,
+                 interval: float) -> None:  # fmt: skip
+        super().__init__(name="dataproc-log", daemon=True)
+        self.hook, self.cluster_id, self.job_name, self.log = hook, cluster_id, job_name, log
+        self.stop, self.interval = stop, interval
+        self.job_id: str | None = None
+        self.token = ""
+        self.finished = False
+        self.text = ""
+        self._pending = ""
+        self._lock = threading.Lock()
+        self.log.info("----- driver log (Data Proc job log API): begin -----")
+
+    def _poll(self) -> bool:
+        """Fetch what is new; True when a page came back."""
+        with self._lock:
+            if self.finished:
+                return False
+            if self.job_id is None:
+                job = self.hook.find_job(self.cluster_id, self.job_name)
+                if job is None:
+                    return False
+                self.job_id = job.id
+                self.log.info("Data Proc job %s", self.job_id)
+            content, next_token = self.hook.job_log_page(self.cluster_id, self.job_id, self.token)
+            self.text += content
+            lines = (self._pending + content).split("\n")
+            self._pending = lines.pop()
+            for line in lines:
+                self.log.info("| %s", line)
+            if next_token:
+                self.token = next_token
+            else:  # the job ended and everything was read
+                self.finished = True
+            return bool(content)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                while self._poll():
+                    pass
+            except Exception as err:  # keep the job running; the final drain reports again
+                self.log.debug("driver log poll failed: %s", err)
+
+    def drain(self) -> None:
+        try:
+            for _ in range(1000):
+                if not self._poll():
+                    break
+        except Exception as err:
+            self.log.warning("Could not read the driver log of job %s: %s", self.job_id, err)
+        if self._pending:
+            self.log.info("| %s", self._pending)
+            self._pending = ""
+        self.log.info("----- driver log (Data Proc job log API): end -----")
+
+
+class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
+    """The provider's :class:`DataprocCreateClusterOperator`, configured at run time from the
+    backend's settings (``check_backend``'s XCom) and labelled with the DAG id, run id and TTL.
+
+    With ``strategy: start_stop`` it starts the persistent cluster ``cluster_id`` instead
+    (``ClusterService.Start``) and returns that id. Returns the cluster id either way.
+    """
+
+    template_fields: Sequence[str] = ("settings",)
+    template_fields_renderers = {"settings": "json"}
+    operator_extra_links = (CloudConsoleLink(),)
+    ui_color = "#e4f0e8"
+
+    def __init__(self, *, settings: Any, cluster_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.requested_name = cluster_name
+        self.console_url: str | None = None
+
+    def apply_settings(self, context: Any) -> None:
+        s = self.settings
+        self.yandex_conn_id = s["connection_id"]
+        self.folder_id = s["folder_id"]
+        self.zone = s["zone"]
+        self.subnet_id = s["subnet_id"]
+        self.service_account_id = s["service_account_id"]
+        self.s3_bucket = s["bucket"]
+        self.ssh_public_keys = s["ssh_public_keys"]
+        self.oslogin_enabled = s["oslogin_enabled"]
+        self.cluster_image_version = s["image_version"]
+        self.masternode_resource_preset = s["masternode_resource_preset"]
+        self.masternode_disk_size = s["disk_size_gb"]
+        self.datanode_resource_preset = s["datanode_resource_preset"]
+        self.datanode_disk_size = s["disk_size_gb"]
+        self.datanode_count = s["datanode_count"]
+        self.computenode_resource_preset = s["computenode_resource_preset"]
+        self.computenode_disk_size = s["disk_size_gb"]
+        self.computenode_count = s["computenode_count"]
+        self.enable_ui_proxy = s["ui_proxy"]
+        self.security_group_ids = s["security_group_ids"] or None
+        self.log_group_id = s["log_group_id"]
+        properties = {str(k): str(v) for k, v in s["cluster_properties"].items()}
+        properties.update({f"pip:{name}": str(spec) for name, spec in s["pip_packages"].items()})
+        self.properties = properties or None
+        labels = spindle_labels(context, "yandex", s["ttl_hours"])
+        self.labels = {**(self.labels or {}), **labels}
+        ti = context["ti"]
+        self.cluster_name = self.requested_name or label_value(
+            f"spindle-{ti.dag_id}-{labels[LABEL_CREATED]}-{uuid.uuid4().hex[:4]}"
+        ).replace("_", "-")
+        self.cluster_description = f"Spindle: DAG {ti.dag_id}, run {ti.run_id}"
+
+    def execute(self, context: Any) -> str:
+        s = self.settings
+        if s.get("strategy") == "start_stop":
+            hook = SpindleDataprocHook(yandex_conn_id=s["connection_id"])
+            cluster_id = s["cluster_id"]
+            status = hook.get_cluster(cluster_id).status
+            if status == cluster_pb.Cluster.STOPPED:
+                hook.start_cluster(cluster_id)
+                self.log.info("Started the persistent Data Proc cluster %s", cluster_id)
+            else:
+                self.log.info("Persistent Data Proc cluster %s is %s", cluster_id,
+                              cluster_pb.Cluster.Status.Name(status))  # fmt: skip
+            self.console_url = hook.console_url(cluster_id, s["folder_id"])
+            context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
+            return cluster_id
+        self.apply_settings(context)
+        self.log.info("Creating Data Proc cluster %s with labels %s", self.cluster_name, self.labels)
+        cluster_id = super().execute(context)
+        self.console_url = CONSOLE_URL.format(folder_id=self.folder_id, cluster_id=cluster_id)
+        context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
+        return cluster_id
+
+
+class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):
+    """The provider's :class:`DataprocDeleteClusterOperator` (``cluster_id=create.output``);
+    with ``strategy: start_stop`` it stops the persistent cluster instead of deleting it."""
+
+    template_fields: Sequence[str] = (*DataprocDeleteClusterOperator.template_fields, "settings")
+    ui_color = "#f3e4e4"
+
+    def __init__(self, *, settings: Any, cluster_id: str, **kwargs: Any) -> None:
+        super().__init__(cluster_id=cluster_id, **kwargs)
+        self.settings = settings
+
+    def execute(self, context: Any) -> None:
+        _require_cluster_id(self.cluster_id)
+        self.yandex_conn_id = self.settings["connection_id"]
+        if self.settings.get("strategy") == "start_stop":
+            SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id).stop_cluster(str(self.cluster_id))
+            self.log.info("Stopped the persistent Data Proc cluster %s", self.cluster_id)
+            return
+        super().execute(context)
+        self.log.info("Deleted Data Proc cluster %s", self.cluster_id)

@@ -1,0 +1,337 @@
+"""moto in server mode on 127.0.0.1 (EMR, EMR Serverless, S3, Secrets Manager), plus the part
+moto leaves out: running the Spark work.
+
+moto accepts EMR steps and EMR Serverless job runs but never runs them (steps stay RUNNING,
+job runs are SUCCESS at once). :class:`SparkWorkRunner` watches moto's own backends (this
+process hosts the server thread) and, like the services do:
+
+- keeps a local Spark standalone cluster per live EMR job flow / started Serverless application
+  (stopped when the job flow terminates or the application stops);
+- runs each ``command-runner.jar spark-submit ...`` step (in order, per job flow) and each job
+  run's ``sparkSubmit`` driver with spark-submit against that cluster, its ``s3://`` files
+  fetched from moto's S3;
+- sets the state from the exit code (step COMPLETED/FAILED, ``ActionOnFailure`` honoured; job
+  run SUCCESS/FAILED with ``stateDetails``) and writes the driver output where the services
+  put it in the log bucket (``<LogUri>/<cluster>/steps/<step>/stdout.gz`` and ``stderr.gz``;
+  ``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/stdout.gz`` and ``stderr.gz``).
+
+The only changes to moto: the module constants it gives new objects: a job run starts
+``SUBMITTED`` (so a poller cannot see SUCCESS before anything ran) and an application
+``CREATED`` (what the service reports before StartApplication).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from tests.fakes.spark_runner import LocalClusters, RunningJob, S3Settings, SparkJob
+
+log = logging.getLogger("spindle.fakes.aws")
+
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """moto's threaded server on 127.0.0.1:<free port>; ``endpoint_url`` for connections."""
+
+    def __init__(self) -> None:
+        from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+        self.port = _free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoServer:
+        import moto.emrserverless.models as serverless_models
+
+        serverless_models.JOB_STATUS = "SUBMITTED"
+        serverless_models.APPLICATION_STATUS = "CREATED"  # the service's state after creation
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def client(self, service: str):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+
+    def s3_settings(self) -> S3Settings:
+        return S3Settings(self.endpoint_url, region=REGION)
+
+
+# --------------------------------------------------------------------------- spark-submit parsing
+_LIST_OPTIONS = {"--py-files": "py_files", "--files": "files", "--archives": "archives", "--jars": "jars"}
+_CONF_LISTS = {"spark.submit.pyFiles": "py_files", "spark.files": "files", "spark.archives": "archives",
+               "spark.jars": "jars"}  # fmt: skip
+
+
+def parse_spark_submit(argv: list[str], name: str) -> SparkJob:
+    """A :class:`SparkJob` from ``spark-submit`` options + application + its arguments."""
+    lists: dict[str, list[str]] = {v: [] for v in _LIST_OPTIONS.values()}
+    props: dict[str, str] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--conf":
+            key, _, value = argv[i + 1].partition("=")
+            if key in _CONF_LISTS:
+                lists[_CONF_LISTS[key]] += [v for v in value.split(",") if v]
+            else:
+                props[key] = value
+            i += 2
+        elif arg in _LIST_OPTIONS:
+            lists[_LIST_OPTIONS[arg]] += [v for v in argv[i + 1].split(",") if v]
+            i += 2
+        elif arg == "--name":
+            name = argv[i + 1]
+            i += 2
+        elif arg in ("--master", "--deploy-mode", "--class", "--driver-memory", "--executor-memory",
+                     "--executor-cores", "--num-executors", "--queue"):  # fmt: skip
+            i += 2
+        elif arg.startswith("--"):
+            i += 1
+        else:
+            return SparkJob(main=arg, args=argv[i + 1 :], properties=props, name=name, **lists)
+    raise ValueError("spark-submit arguments name no application")
+
+
+def _put_log(s3: S3Settings, uri_prefix: str, text: str) -> None:
+    parsed = urlparse(uri_prefix)
+    key = parsed.path.lstrip("/").rstrip("/")
+    client = s3.client()
+    data = gzip.compress(text.encode())
+    for name in ("stdout.gz", "stderr.gz"):
+        client.put_object(Bucket=parsed.netloc, Key=f"{key}/{name}", Body=data)
+
+
+class SparkWorkRunner(threading.Thread):
+    """Runs moto's EMR steps and EMR Serverless job runs for real (see the module doc)."""
+
+    def __init__(self, moto: MotoServer, workdir: Path, worker_cores: int = 2, worker_memory: str = "2g",
+                 poll: float = 0.5, job_timeout: float = 600, job_env: dict[str, str] | None = None) -> None:  # fmt: skip
+        super().__init__(name="fake-aws-runner", daemon=True)
+        self.moto = moto
+        self.workdir = Path(workdir)
+        self.s3 = moto.s3_settings()
+        self.clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory)
+        self.poll = poll
+        self.job_timeout = job_timeout
+        self.job_env = dict(job_env or {})
+        self._halt = threading.Event()
+        self._local: dict[str, Any] = {}  # job flow / application id -> local cluster
+        self._busy: dict[str, threading.Thread] = {}
+        self._running: dict[str, RunningJob] = {}
+        self.events: list[tuple[str, str, str]] = []  # (kind, id, what)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ moto's state
+    @staticmethod
+    def _emr():
+        from moto.emr.models import emr_backends
+
+        return emr_backends[ACCOUNT][REGION]
+
+    @staticmethod
+    def _serverless():
+        from moto.emrserverless.models import emrserverless_backends
+
+        return emrserverless_backends[ACCOUNT][REGION]
+
+    def _event(self, kind: str, ident: str, what: str) -> None:
+        with self._lock:
+            self.events.append((kind, ident, what))
+        log.info("fake aws: %s %s %s", kind, ident, what)
+
+    def _ensure_cluster(self, ident: str):
+        if ident not in self._local:
+            self._local[ident] = self.clusters.start(f"fake-{ident.lower()}")
+            self._event("cluster", ident, "local spark started")
+        return self._local[ident]
+
+    def _drop_cluster(self, ident: str) -> None:
+        local = self._local.pop(ident, None)
+        if local is not None:
+            for key, job in list(self._running.items()):
+                if key.startswith(ident + "/"):
+                    job.cancel()
+            self.clusters.stop(local.cluster_id)
+            self._event("cluster", ident, "local spark stopped")
+
+    # ------------------------------------------------------------------ EMR on EC2
+    def _tick_emr(self) -> None:
+        backend = self._emr()
+        for cluster in list(backend.clusters.values()):
+            if cluster.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"):
+                if cluster.id in self._local and cluster.id not in self._busy:
+                    self._drop_cluster(cluster.id)
+                continue
+            if cluster.id in self._busy and self._busy[cluster.id].is_alive():
+                continue
+            todo = [s for s in cluster.steps if s.state in ("PENDING", "RUNNING")]
+            if not todo:
+                continue
+            thread = threading.Thread(target=self._run_step, args=(cluster, todo[0]), daemon=True)
+            self._busy[cluster.id] = thread
+            thread.start()
+
+    def _run_step(self, cluster: Any, step: Any) -> None:
+        from moto.core.utils import utcnow
+
+        step.state = "RUNNING"
+        step.start_date_time = utcnow()
+        cluster.state = "RUNNING"
+        self._event("step", step.id, "running")
+        code = 1
+        folder = self.workdir / "emr" / cluster.id / step.id
+        try:
+            args = list(step.args)
+            if step.jar != "command-runner.jar" or not args or args[0] != "spark-submit":
+                raise ValueError(f"this fake runs command-runner.jar spark-submit steps only, not {step.jar} {args[:1]}")
+            local = self._ensure_cluster(cluster.id)
+            job = parse_spark_submit(args[1:], step.name)
+            running = RunningJob(job, local.master_url, folder, self.s3, self.job_env)
+            self._running[f"{cluster.id}/{step.id}"] = running
+            code = running.wait(self.job_timeout)
+            text = running.log_text()
+        except Exception as err:
+            text = f"ERROR {err}\n"
+            log.exception("fake aws: step %s could not run", step.id)
+        step.state = "COMPLETED" if code == 0 else "FAILED"
+        step.end_date_time = utcnow()
+        if code != 0:
+            step.last_state_change_reason = f"Step failed: spark-submit exited with code {code}"
+        if cluster.log_uri:
+            _put_log(self.s3, f"{cluster.log_uri.rstrip('/')}/{cluster.id}/steps/{step.id}", text)
+        self._event("step", step.id, step.state)
+        if code != 0 and step.action_on_failure in ("TERMINATE_CLUSTER", "TERMINATE_JOB_FLOW"):
+            cluster.terminate()
+        elif code != 0 and step.action_on_failure == "CANCEL_AND_WAIT":
+            for other in cluster.steps:
+                if other.state == "PENDING":
+                    other.state = "CANCELLED"
+        if not any(s.state in ("PENDING", "RUNNING") for s in cluster.steps) and cluster.state == "RUNNING":
+            cluster.state = "WAITING"
+
+    # ------------------------------------------------------------------ EMR Serverless
+    def _tick_serverless(self) -> None:
+        backend = self._serverless()
+        for app_id, app in list(backend.applications.items()):
+            if app.state in ("STOPPED", "TERMINATED"):
+                if app_id in self._local and not any(
+                    t.is_alive() for k, t in self._busy.items() if k.startswith(app_id + "/")
+                ):
+                    self._drop_cluster(app_id)
+                continue
+            for run in backend.job_runs.get(app_id, []):
+                key = f"{app_id}/{run.id}"
+                if run.state == "SUBMITTED" and key not in self._busy:
+                    thread = threading.Thread(target=self._run_job_run, args=(app, run), daemon=True)
+                    self._busy[key] = thread
+                    thread.start()
+
+    def _run_job_run(self, app: Any, run: Any) -> None:
+        from moto.core.utils import utcnow
+
+        run.state = "RUNNING"
+        run.updated_at = utcnow()
+        self._event("job_run", run.id, "running")
+        code, text = 1, ""
+        try:
+            local = self._ensure_cluster(app.id)
+            driver = (run.job_driver or {}).get("sparkSubmit") or {}
+            argv = shlex.split(driver.get("sparkSubmitParameters", ""))
+            argv += [driver["entryPoint"], *driver.get("entryPointArguments", [])]
+            job = parse_spark_submit(argv, run.name or run.id)
+            running = RunningJob(job, local.master_url, self.workdir / "serverless" / app.id / run.id, self.s3,
+                                 self.job_env)  # fmt: skip
+            self._running[f"{app.id}/{run.id}"] = running
+            code = running.wait(self.job_timeout)
+            text = running.log_text()
+        except Exception as err:
+            text = f"ERROR {err}\n"
+            log.exception("fake aws: job run %s could not run", run.id)
+        run.state = "SUCCESS" if code == 0 else "FAILED"
+        if code != 0:
+            run.state_details = f"Job failed: spark-submit exited with code {code}"
+        run.updated_at = utcnow()
+        overrides = run.configuration_overrides or {}
+        log_uri = ((overrides.get("monitoringConfiguration") or {}).get("s3MonitoringConfiguration") or {}).get("logUri")
+        if log_uri:
+            _put_log(self.s3, f"{log_uri.rstrip('/')}/applications/{app.id}/jobs/{run.id}/SPARK_DRIVER", text)
+        self._event("job_run", run.id, run.state)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        while not self._halt.wait(self.poll):
+            for tick in (self._tick_emr, self._tick_serverless):
+                try:
+                    tick()
+                except Exception:
+                    log.exception("fake aws runner tick failed")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=10)
+        for job in list(self._running.values()):
+            job.cancel()
+        for thread in list(self._busy.values()):
+            thread.join(timeout=30)
+        for ident in list(self._local):
+            try:
+                self._drop_cluster(ident)
+            except Exception:
+                log.exception("fake aws: could not stop the local cluster of %s", ident)
+        self.clusters.stop_all()
+
+
+class FakeAws:
+    """moto server + runner; ``with FakeAws(workdir) as aws: ...``."""
+
+    def __init__(self, workdir: Path, **runner_kwargs: Any) -> None:
+        self.moto = MotoServer()
+        self.runner = SparkWorkRunner(self.moto, workdir, **runner_kwargs)
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.moto.endpoint_url
+
+    def start(self) -> FakeAws:
+        self.moto.start()
+        self.runner.start()
+        return self
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.moto.stop()
+
+    def __enter__(self) -> FakeAws:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(t.is_alive() for t in self.runner._busy.values()):
+            time.sleep(0.2)
