@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow.providers.amazon.aws.operators.emr import (
-    EmrServerlessDeleteApplicationOperator,
-    EmrTerminateJobFlowOperator,
-)
-
 from spindle.aws.operators import (
     SpindleEmrAddStepsOperator,
     SpindleEmrCreateJobFlowOperator,
     SpindleEmrServerlessCreateApplicationOperator,
+    SpindleEmrServerlessDeleteApplicationOperator,
     SpindleEmrServerlessStartJobOperator,
     SpindleEmrStepSensor,
+    SpindleEmrTerminateJobFlowOperator,
 )
 from spindle.backends.staging import StageSparkAppsOperator
 
@@ -41,8 +38,8 @@ def emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
         )  # fmt: skip
         previous >> submit >> watch
         previous = watch
-    delete = EmrTerminateJobFlowOperator(
-        task_id="delete_cluster", job_flow_id=create.output, aws_conn_id=settings["aws_conn_id"],
+    delete = SpindleEmrTerminateJobFlowOperator(
+        task_id="delete_cluster", job_flow_id=create.output, settings=settings,
         waiter_delay=5, waiter_max_attempts=120,
     )  # fmt: skip
     stage >> create
@@ -69,8 +66,8 @@ def emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any
         )  # fmt: skip
         previous >> run
         previous = run
-    delete = EmrServerlessDeleteApplicationOperator(
-        task_id="delete_cluster", application_id=create.output, aws_conn_id=settings["aws_conn_id"],
+    delete = SpindleEmrServerlessDeleteApplicationOperator(
+        task_id="delete_cluster", application_id=create.output, settings=settings,
         waiter_delay=5, waiter_max_attempts=120, force_stop=True,
     )  # fmt: skip
     stage >> create

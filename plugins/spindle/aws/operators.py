@@ -22,7 +22,9 @@ from airflow.providers.amazon.aws.operators.emr import (
     EmrAddStepsOperator,
     EmrCreateJobFlowOperator,
     EmrServerlessCreateApplicationOperator,
+    EmrServerlessDeleteApplicationOperator,
     EmrServerlessStartJobOperator,
+    EmrTerminateJobFlowOperator,
 )
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
 
@@ -320,6 +322,8 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
             self.region_name = s["region_name"]
         self.execution_role_arn = s["execution_role_arn"]
         self.waiter_delay = int(s.get("waiter_delay", self.waiter_delay))
+        # wait as long as a job may run (6 h), however short the polling delay
+        self.waiter_max_attempts = max(self.waiter_max_attempts, int(6 * 3600 / max(self.waiter_delay, 1)))
         ti = context["ti"]
         self.name = f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}"
         self.job_driver = {"sparkSubmit": {
@@ -376,3 +380,41 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
                 self.log.warning("No driver log at %s yet", prefix)
         except Exception as err:
             self.log.warning("Could not copy the driver log of job run %s: %s", run_id, err)
+
+
+class SpindleEmrTerminateJobFlowOperator(EmrTerminateJobFlowOperator):
+    """``EmrTerminateJobFlowOperator`` (``job_flow_id=create.output``) with the AWS connection
+    from the backend settings; the lane's teardown."""
+
+    template_fields: Sequence[str] = (*EmrTerminateJobFlowOperator.template_fields, "settings")
+
+    def __init__(self, *, settings: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def execute(self, context: Any) -> None:
+        self.aws_conn_id = self.settings["aws_conn_id"]
+        if self.settings.get("region_name"):
+            self.region_name = self.settings["region_name"]
+        if not self.job_flow_id:
+            raise ValueError("job_flow_id is required: pass job_flow_id=create.output")
+        return super().execute(context)
+
+
+class SpindleEmrServerlessDeleteApplicationOperator(EmrServerlessDeleteApplicationOperator):
+    """``EmrServerlessDeleteApplicationOperator`` (stop, then delete; ``application_id=create.output``)
+    with the AWS connection from the backend settings; the lane's teardown."""
+
+    template_fields: Sequence[str] = (*EmrServerlessDeleteApplicationOperator.template_fields, "settings")
+
+    def __init__(self, *, settings: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+
+    def execute(self, context: Any) -> None:
+        self.aws_conn_id = self.settings["aws_conn_id"]
+        if self.settings.get("region_name"):
+            self.region_name = self.settings["region_name"]
+        if not self.application_id:
+            raise ValueError("application_id is required: pass application_id=create.output")
+        return super().execute(context)

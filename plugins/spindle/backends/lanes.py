@@ -124,6 +124,7 @@ def add_backend_lanes(
     check: Any,
     plan: Any,
     create: Any,
+    after: Any = None,
     jobs: Sequence[Any],
     model: Any = None,
     inputs: Any = None,
@@ -132,7 +133,8 @@ def add_backend_lanes(
     """Add the cloud lanes to the DAG being defined (call it inside ``with DAG(...)``).
 
     :param check: ``check_backend()`` (must be upstream of everything: the first task).
-    :param plan: the DAG's plan task; the branch runs after it.
+    :param plan: the DAG's plan task (``check`` goes right before it); the branch runs after it,
+        or after ``after`` when given (tasks that must run before any lane, e.g. local prep).
     :param create: the local lane's create task (the branch's ``local`` target).
     :param jobs: the local lane's :class:`SparkAppJobOperator` tasks, in order.
     :param model: XComArg of the local model directory to ship as an archive, or None.
@@ -153,7 +155,8 @@ def add_backend_lanes(
         return firsts[backend]
 
     branch = choose_backend(check["backend"])
-    check >> plan >> branch >> create
+    check >> plan
+    (after if after is not None else plan) >> branch >> create
     for backend in backends:
         branch >> groups[backend]
     return groups
