@@ -22,6 +22,7 @@ from spindle.operators.local_spark import (
     LocalSparkCreateClusterOperator,
     LocalSparkDeleteClusterOperator,
 )
+from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
 from spindle.operators.spark_app import SparkAppJobOperator
 from spindle.pipelines import (
     batch_size_param,
@@ -76,8 +77,10 @@ with DAG(
         ),
         "batch_size": batch_size_param(16),
         **sizing_params(),
+        "backend": backend_param(),
     },
 ) as dag:
+    check = check_backend()
     plan = check_params(
         outputs={"sentences": "sentences.jsonl", "transformed": "transformed.parquet"},
         model_kind="seq2seq",
@@ -105,3 +108,10 @@ with DAG(
 
     sentences >> create >> transform >> delete
     delete.as_teardown(setups=create)
+
+    # The same create -> job -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
+    # picked per run by param/Variable 'backend' (spindle.backends.lanes).
+    add_backend_lanes(
+        check=check, plan=plan, after=sentences, create=create, jobs=[transform],
+        model=plan["model_path"],
+    )

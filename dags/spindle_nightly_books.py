@@ -22,6 +22,7 @@ from spindle.operators.local_spark import (
     LocalSparkCreateClusterOperator,
     LocalSparkDeleteClusterOperator,
 )
+from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
 from spindle.operators.spark_app import SparkAppJobOperator
 from spindle.pipelines import (
     batch_size_param,
@@ -95,8 +96,10 @@ with DAG(
         ),
         "batch_size": batch_size_param(64),
         **sizing_params(),
+        "backend": backend_param(),
     },
 ) as dag:
+    check = check_backend()
     plan = check_params(
         outputs={
             "books": "books.parquet",
@@ -140,3 +143,10 @@ with DAG(
 
     plan >> create >> prepare >> embed >> delete
     delete.as_teardown(setups=create)
+
+    # The same create -> jobs -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
+    # picked per run by param/Variable 'backend' (spindle.backends.lanes).
+    add_backend_lanes(
+        check=check, plan=plan, create=create, jobs=[prepare, embed],
+        model=plan["model_path"], inputs=plan["input_path"],
+    )
