@@ -1,0 +1,65 @@
+"""Bad backend configuration fails the first task, naming the setting, before any cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import run_nightly
+
+from spindle.backends import config
+
+
+def test_missing_settings_are_named():
+    with pytest.raises(config.BackendConfigError) as err:
+        config.validate_settings("yandex", {"bucket": "b", "folder_id": "f"}, "Variable x")
+    message = str(err.value)
+    assert "'subnet_id' is missing" in message and "'service_account_id' is missing" in message
+
+
+def test_malformed_settings_are_named():
+    with pytest.raises(config.BackendConfigError, match="'datanode_count' must be integer"):
+        config.validate_settings("yandex", {"bucket": "b", "folder_id": "f", "subnet_id": "s",
+                                            "service_account_id": "a", "oslogin_enabled": True,
+                                            "datanode_count": "two"}, "Variable x")  # fmt: skip
+    with pytest.raises(config.BackendConfigError, match="not valid JSON"):
+        config.validate_settings("emr", "{not json", "Variable x")
+    with pytest.raises(config.BackendConfigError, match="'colour' is unknown"):
+        config.validate_settings("emr", {"bucket": "b", "colour": "red"}, "Variable x")
+
+
+def test_defaults_fill_in():
+    settings = config.validate_settings("emr", {"bucket": "b"}, "Variable x")
+    assert settings["release_label"].startswith("emr-") and settings["ttl_hours"] == 6
+
+
+@pytest.mark.parametrize(
+    ("backend", "variable", "expected"),
+    [
+        ("yandex", None, "spindle_backend_yandex"),  # no settings at all
+        ("emr_serverless", {"bucket": "b"}, "'execution_role_arn' is missing"),
+        ("emr", {"bucket": 7}, "'bucket' must be string"),
+    ],
+)
+def test_bad_backend_config_fails_the_first_task(cloud_dagbag, capfd, backend, variable, expected):
+    name = f"AIRFLOW_VAR_SPINDLE_BACKEND_{backend.upper()}"
+    saved = os.environ.pop(name, None)
+    if variable is not None:
+        os.environ[name] = json.dumps(variable)
+    try:
+        run, states = run_nightly(cloud_dagbag, backend)
+    finally:
+        os.environ.pop(name, None)
+        if saved is not None:
+            os.environ[name] = saved
+    assert str(run.state) == "failed"
+    assert states["check_backend"] == "failed"
+    created = {t: s for t, s in states.items() if t.endswith("create_cluster") and s not in ("None", "upstream_failed")}
+    assert created == {}, f"a create task ran: {created}"
+    assert expected in capfd.readouterr().out
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(config.BackendConfigError, match="unknown backend 'gcp'"):
+        config.choose_backend("gcp")
