@@ -1,0 +1,46 @@
+"""
+### Spindle reaper: delete cloud clusters that outlived their TTL
+
+Lists the Data Proc clusters, EMR job flows and EMR Serverless applications labelled
+`spindle-managed=true` (every Spindle create is labelled with its DAG id, run id, creation time
+and TTL), and deletes those older than their `spindle-ttl-hours` label (or the `ttl_hours`
+param). **Dry run by default**: the report lists what would be deleted; trigger with
+`dry_run: false` to delete. Backends whose settings Variable (`spindle_backend_<name>`) is
+not set are skipped and reported.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, get_current_context, task
+
+with DAG(
+    dag_id="spindle_reaper",
+    description="Delete Spindle's cloud clusters and applications past their TTL (dry run by default)",
+    schedule="30 * * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["spindle", "safety"],
+    doc_md=__doc__,
+    params={
+        "dry_run": Param(True, type="boolean", title="Dry run",
+                         description="Only report what would be deleted."),
+        "backends": Param(["yandex", "emr", "emr_serverless"], type="array",
+                          items={"type": "string", "enum": ["yandex", "emr", "emr_serverless"]},
+                          minItems=1, title="Backends", description="Clouds to look in."),
+        "ttl_hours": Param(None, type=["null", "number"], minimum=0, maximum=24 * 365, title="TTL override (hours)",
+                           description="Treat everything older than this as expired (empty: each resource's own TTL label)."),
+    },  # fmt: skip
+) as dag:
+
+    @task(task_id="reap")
+    def reap_expired() -> dict:
+        """List Spindle-labelled resources, delete the expired ones unless dry run; the report
+        is printed and returned (XCom)."""
+        from spindle.backends.reaper import reap
+
+        params = get_current_context()["params"]
+        return reap(list(params["backends"]), dry_run=bool(params["dry_run"]), ttl_hours=params["ttl_hours"])
+
+    reap_expired()
