@@ -7,8 +7,8 @@ command line. Supported sources (the URI scheme picks the resolver, see ``RESOLV
 - ``file:///abs/connections.json``: Airflow's LocalFilesystemBackend JSON, ``{conn_id: value}``
   where a value is a connection dict (``conn_type``, ``host``, ``login``, ``password``,
   ``schema``, ``port``, ``extra`` as a dict or a JSON string) or an Airflow connection URI.
-- ``lockbox://<folder-id>`` (Yandex Lockbox) and ``aws-sm://<prefix>`` (AWS Secrets Manager):
-  reserved; register a resolver with :func:`register_source` when a cluster needs them.
+- ``lockbox://<secret-id>`` (Yandex Lockbox, by secret id; see :func:`_from_lockbox`) and
+  ``aws-sm://<prefix>`` (AWS Secrets Manager, secret ``<prefix>/<conn_id>``).
 """
 import json
 import os
@@ -121,11 +121,71 @@ def _not_yet(name):
     return resolve
 
 
+def _http_json(url, headers, timeout=10):
+    import urllib.request
+
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except Exception as err:  # urllib/ssl/json errors; never echo a payload
+        raise SecretsError("request to {} failed: {}".format(url.split("?")[0], type(err).__name__)) from None
+
+
+def _from_lockbox(source, conn_id):
+    """``lockbox://<secret-id>[?endpoint=https://host:port&metadata=host:port]``: the Lockbox
+    secret's payload holds one entry per connection id (value: connection JSON or URI). The
+    IAM token comes from the VM's metadata service (the cluster's service account); endpoints
+    default to Yandex Cloud's. Standard library only (runs on Data Proc images as they are)."""
+    parts = urlsplit(source)
+    secret_id = parts.netloc or parts.path.strip("/")
+    if not secret_id:
+        raise SecretsError("lockbox source has no secret id: lockbox://<secret-id>")
+    query = dict(parse_qsl(parts.query))
+    endpoint = query.get("endpoint", "https://payload.lockbox.api.cloud.yandex.net").rstrip("/")
+    metadata = query.get("metadata", os.environ.get("YC_METADATA_ADDR", "169.254.169.254"))
+    token = _http_json(
+        "http://{}/computeMetadata/v1/instance/service-accounts/default/token".format(metadata),
+        {"Metadata-Flavor": "Google"},
+    ).get("access_token")
+    if not token:
+        raise SecretsError("the metadata service returned no IAM token")
+    payload = _http_json(
+        "{}/lockbox/v1/secrets/{}/payload".format(endpoint, secret_id), {"Authorization": "Bearer " + token}
+    )
+    for entry in payload.get("entries", []):
+        if entry.get("key") == conn_id:
+            value = entry.get("textValue")
+            if value is None:
+                raise SecretsError(f"lockbox entry {conn_id!r} has no text value")
+            value = value.strip()
+            return connection_from_value(conn_id, json.loads(value) if value.startswith("{") else value)
+    raise SecretsError(f"connection {conn_id!r} is not an entry of lockbox secret {secret_id}")
+
+
+def _from_aws_secrets_manager(source, conn_id):
+    """``aws-sm://<prefix>[?region=...]``: secret ``<prefix>/<conn_id>`` (Airflow's
+    SecretsManagerBackend layout) holding connection JSON or URI. boto3 (on EMR images) with
+    the node's credentials; ``AWS_ENDPOINT_URL`` is honoured by boto3 itself."""
+    import boto3
+
+    parts = urlsplit(source)
+    prefix = (parts.netloc + parts.path).strip("/")
+    query = dict(parse_qsl(parts.query))
+    name = "{}/{}".format(prefix, conn_id) if prefix else conn_id
+    client = boto3.client("secretsmanager", region_name=query.get("region") or None)
+    try:
+        value = client.get_secret_value(SecretId=name)["SecretString"].strip()
+    except Exception as err:
+        raise SecretsError(f"secret {name!r} could not be read: {type(err).__name__}") from None
+    return connection_from_value(conn_id, json.loads(value) if value.startswith("{") else value)
+
+
 #: URI scheme -> ``resolve(source, conn_id) -> Connection``.
 RESOLVERS = {
     "file": _from_local_file,
-    "lockbox": _not_yet("lockbox:// (Yandex Lockbox)"),
-    "aws-sm": _not_yet("aws-sm:// (AWS Secrets Manager)"),
+    "lockbox": _from_lockbox,
+    "aws-sm": _from_aws_secrets_manager,
 }
 
 
