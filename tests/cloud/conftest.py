@@ -52,6 +52,7 @@ def cloud_dagbag(airflow_db):
 
 @pytest.fixture(scope="session")
 def fake_aws():
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-dev.txt pins it)")
     from tests.fakes.aws import FakeAws
 
     aws = FakeAws(CLOUD_DIR / "aws", worker_cores=2, worker_memory="2g", poll=0.5).start()
