@@ -67,6 +67,10 @@ def add_model_options(parser, batch_size):
         "(spark.default.parallelism / spark.task.cpus), so every core stays busy",
     )
     group.add_argument(
+        "--no-warm-up", action="store_true",
+        help="skip the stage that loads the model in every Python worker before the main stage",
+    )
+    group.add_argument(
         "--torch-threads", type=positive_int, default=None, help="torch threads per task; default: spark.task.cpus"
     )
 

@@ -9,6 +9,27 @@ import time
 
 from spark_apps.common import models
 
+LOADERS = {
+    "sentence-transformers": models.load_sentence_transformer,
+    "seq2seq": models.load_seq2seq,
+}
+
+
+def load(kind, model_spec, threads=None):
+    """The cached model of ``kind`` and its fingerprint, torch threads set for this task."""
+    models.set_torch_threads(threads)
+    model, model_dir = models.cached_model(kind, model_spec, LOADERS[kind])
+    return model, models.fingerprint(model_dir)
+
+
+def warm_up_batches(batches, kind, model_spec, threads=None):
+    """``Iterator[pd.Series]`` -> the model fingerprint per row, after loading the model."""
+    import pandas as pd
+
+    _, model_fingerprint = load(kind, model_spec, threads)
+    for batch in batches:
+        yield pd.Series([model_fingerprint] * len(batch), dtype=object)
+
 
 def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
     """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint)]``.
@@ -19,11 +40,7 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
     import numpy as np
     import pandas as pd
 
-    models.set_torch_threads(threads)
-    model, model_dir = models.cached_model(
-        "sentence-transformers", model_spec, models.load_sentence_transformer
-    )
-    model_fingerprint = models.fingerprint(model_dir)
+    model, model_fingerprint = load("sentence-transformers", model_spec, threads)
     for texts in batches:
         start = time.perf_counter()
         vectors = model.encode(
@@ -75,9 +92,7 @@ def generate_batches(batches, model_spec, batch_size, max_new_tokens, max_input_
     """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint)]``."""
     import pandas as pd
 
-    models.set_torch_threads(threads)
-    (tokenizer, model), model_dir = models.cached_model("seq2seq", model_spec, models.load_seq2seq)
-    model_fingerprint = models.fingerprint(model_dir)
+    (tokenizer, model), model_fingerprint = load("seq2seq", model_spec, threads)
     for prompts in batches:
         start = time.perf_counter()
         texts = generate_texts(

@@ -111,16 +111,6 @@ def _from_local_file(source, conn_id):
     return connection_from_value(conn_id, data[conn_id])
 
 
-def _not_yet(name):
-    def resolve(source, conn_id):
-        raise SecretsError(
-            f"secrets source {name} is not supported yet: register a resolver with "
-            "spark_apps.common.secrets.register_source"
-        )
-
-    return resolve
-
-
 def _http_json(url, headers, timeout=10):
     import urllib.request
 
@@ -128,8 +118,8 @@ def _http_json(url, headers, timeout=10):
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode("utf-8"))
-    except Exception as err:  # urllib/ssl/json errors; never echo a payload
-        raise SecretsError("request to {} failed: {}".format(url.split("?")[0], type(err).__name__)) from None
+    except Exception as err:  # noqa: BLE001 - urllib/ssl/json errors; never echo a payload
+        raise SecretsError(f"request to {url.split('?')[0]} failed: {type(err).__name__}") from None
 
 
 def _from_lockbox(source, conn_id):
@@ -145,13 +135,13 @@ def _from_lockbox(source, conn_id):
     endpoint = query.get("endpoint", "https://payload.lockbox.api.cloud.yandex.net").rstrip("/")
     metadata = query.get("metadata", os.environ.get("YC_METADATA_ADDR", "169.254.169.254"))
     token = _http_json(
-        "http://{}/computeMetadata/v1/instance/service-accounts/default/token".format(metadata),
+        f"http://{metadata}/computeMetadata/v1/instance/service-accounts/default/token",
         {"Metadata-Flavor": "Google"},
     ).get("access_token")
     if not token:
         raise SecretsError("the metadata service returned no IAM token")
     payload = _http_json(
-        "{}/lockbox/v1/secrets/{}/payload".format(endpoint, secret_id), {"Authorization": "Bearer " + token}
+        f"{endpoint}/lockbox/v1/secrets/{secret_id}/payload", {"Authorization": "Bearer " + token}
     )
     for entry in payload.get("entries", []):
         if entry.get("key") == conn_id:
@@ -172,11 +162,11 @@ def _from_aws_secrets_manager(source, conn_id):
     parts = urlsplit(source)
     prefix = (parts.netloc + parts.path).strip("/")
     query = dict(parse_qsl(parts.query))
-    name = "{}/{}".format(prefix, conn_id) if prefix else conn_id
+    name = f"{prefix}/{conn_id}" if prefix else conn_id
     client = boto3.client("secretsmanager", region_name=query.get("region") or None)
     try:
         value = client.get_secret_value(SecretId=name)["SecretString"].strip()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - botocore errors; the message names no value
         raise SecretsError(f"secret {name!r} could not be read: {type(err).__name__}") from None
     return connection_from_value(conn_id, json.loads(value) if value.startswith("{") else value)
 

@@ -21,7 +21,7 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, inference, io, job, models, session
+from spark_apps.common import cli, inference, io, job, warmup
 
 JOB = "embed_text"
 DEFAULT_ARROW_BATCH = 2000  # see bench/embed_vs_bare.py
@@ -64,29 +64,28 @@ def embed(rows, embed_udf, model_name):
 
 def run(spark, args, warehouse, watch):
     source, target = warehouse.path(args.input), warehouse.path(args.output)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size or DEFAULT_ARROW_BATCH))
-    model_spec = models.ship_model(spark, args.model)
-    name, fingerprint = models.describe(model_spec, args.model_name)
-    partitions = args.partitions or session.task_slots(spark)
+    model = warmup.prepare_model(spark, args, "sentence-transformers", DEFAULT_ARROW_BATCH, watch)
     encode_seconds = spark.sparkContext.accumulator(0.0)
     observed = Observation("embed_text_input")
     rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
-    rows = rows.repartition(partitions)  # round-robin: equal shares for every task slot
-    udf = embedding_udf(model_spec, args.batch_size, args.torch_threads, encode_seconds)
+    rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
+    udf = embedding_udf(model["spec"], args.batch_size, args.torch_threads, encode_seconds)
     with watch.stage("embed"):  # read + encode + write: one Spark action
-        io.write_parquet(embed(rows, udf, name), target)
+        io.write_parquet(embed(rows, udf, model["name"]), target)
     counts = observed.get
     embedded = counts["rows_in"] - (counts["rows_null_text"] or 0)
     seconds = watch.seconds["embed"]
     return {
         "input": source,
         "outputs": {"embeddings": target},
-        "model": name,
-        "model_fingerprint": fingerprint,
+        "model": model["name"],
+        "model_fingerprint": model["fingerprint"],
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_embedded": embedded,
-        "partitions": partitions,
+        "partitions": model["partitions"],
+        "arrow_batch_size": model["arrow_batch_size"],
+        "executor_model_fingerprints": model["executor_fingerprints"],
         "encode_task_seconds": round(encode_seconds.value, 3),
         "rows_per_second": round(embedded / seconds, 1) if seconds else None,
     }

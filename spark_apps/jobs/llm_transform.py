@@ -23,7 +23,7 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, inference, io, job, models, session
+from spark_apps.common import cli, inference, io, job, warmup
 
 JOB = "llm_transform"
 PLACEHOLDER = "{text}"
@@ -92,29 +92,28 @@ def transform(rows, generate_udf, template, output_column, model_name):
 
 def run(spark, args, warehouse, watch):
     source, target = warehouse.path(args.input), warehouse.path(args.output)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(args.arrow_batch_size or DEFAULT_ARROW_BATCH))
-    model_spec = models.ship_model(spark, args.model)
-    name, fingerprint = models.describe(model_spec, args.model_name)
-    partitions = args.partitions or session.task_slots(spark)
+    model = warmup.prepare_model(spark, args, "seq2seq", DEFAULT_ARROW_BATCH, watch)
     generate_seconds = spark.sparkContext.accumulator(0.0)
     observed = Observation("llm_transform_input")
     rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
-    rows = rows.repartition(partitions)  # round-robin: equal shares for every task slot
-    udf = generation_udf(model_spec, args, generate_seconds)
+    rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
+    udf = generation_udf(model["spec"], args, generate_seconds)
     with watch.stage("transform"):  # read + generate + write: one Spark action
-        io.write_parquet(transform(rows, udf, args.prompt_template, args.output_column, name), target)
+        io.write_parquet(transform(rows, udf, args.prompt_template, args.output_column, model["name"]), target)
     counts = observed.get
     done = counts["rows_in"] - (counts["rows_null_text"] or 0)
     seconds = watch.seconds["transform"]
     return {
         "input": source,
         "outputs": {"transformed": target},
-        "model": name,
-        "model_fingerprint": fingerprint,
+        "model": model["name"],
+        "model_fingerprint": model["fingerprint"],
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_transformed": done,
-        "partitions": partitions,
+        "partitions": model["partitions"],
+        "arrow_batch_size": model["arrow_batch_size"],
+        "executor_model_fingerprints": model["executor_fingerprints"],
         "generate_task_seconds": round(generate_seconds.value, 3),
         "rows_per_second": round(done / seconds, 2) if seconds else None,
     }

@@ -51,6 +51,7 @@ def test_vectors_match_bare_encode(run_job, tmp_path, minilm_path, bare_model):
     assert metrics["rows_embedded"] == len(texts)
     assert metrics["model"] == "all-MiniLM-L6-v2"
     assert metrics["model_fingerprint"] == weights_sha256(minilm_path)
+    assert metrics["executor_model_fingerprints"] == [weights_sha256(minilm_path)]  # the warm-up
     out = pd.read_parquet(tmp_path / "emb.parquet")
     assert list(out.columns) == ["id", "vector", "model", "model_fingerprint", "text_sha256"]
     assert sorted(out["id"]) == sorted(f"d{i}" for i in range(len(texts)))

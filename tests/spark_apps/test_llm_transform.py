@@ -81,9 +81,13 @@ def test_archive_model_custom_template_and_output_column(run_job, tmp_path, tiny
     )  # fmt: skip
 
     assert metrics["rows_transformed"] == len(texts)
+    with open(f"{tiny_t5}/model.safetensors", "rb") as handle:
+        weights = "sha256:" + hashlib.sha256(handle.read()).hexdigest()
+    assert metrics["executor_model_fingerprints"] == [weights]  # found on the executors
     out = pd.read_parquet(tmp_path / "out.parquet").sort_values("id")
     prompts = [template.replace("{text}", t) for t in texts]
     assert list(out["answer"]) == direct_generate(tiny_t5, prompts, 4)
+    assert set(out["model_fingerprint"]) == {weights}
 
 
 @pytest.mark.parametrize(

@@ -48,10 +48,9 @@ def test_connection_forms(connections_file):
 def test_missing_connection_and_sources(connections_file, monkeypatch):
     with pytest.raises(secrets.SecretsError, match="'nope' is not defined"):
         secrets.get_connection("nope")
-    with pytest.raises(secrets.SecretsError, match="not supported yet"):
-        secrets.get_connection("as_dict", source="lockbox://folder-id")
-    with pytest.raises(secrets.SecretsError, match="not supported yet"):
-        secrets.get_connection("as_dict", source="aws-sm://spindle/connections")
+    with pytest.raises(secrets.SecretsError, match="unknown secrets source scheme 'vault'"):
+        secrets.get_connection("as_dict", source="vault://x")
+    assert {"file", "lockbox", "aws-sm"} <= set(secrets.RESOLVERS)  # tested in tests/cloud
     monkeypatch.delenv(secrets.ENV_SOURCE)
     with pytest.raises(secrets.SecretsError, match=secrets.ENV_SOURCE):
         secrets.get_connection("as_dict")
