@@ -70,6 +70,11 @@ def sizing_params(
             description="spark.task.cpus: cores one task (one model instance) uses; at most the "
             "cores per executor. The jobs set torch's thread count from it.",
         ),
+        "spark_conf": Param(
+            {}, type="object", propertyNames={"pattern": r"^spark\."},
+            additionalProperties={"type": ["string", "number", "boolean"]}, title="Extra Spark properties",
+            description='Spark properties for every job, e.g. {"spark.sql.shuffle.partitions": "8"}.',
+        ),
     }  # fmt: skip
 
 
@@ -118,6 +123,7 @@ def job_kwargs() -> dict[str, str]:
         "executor_memory": "{{ params.executor_memory_mb }}",
         "task_cpus": "{{ params.task_cpus }}",
         "total_executor_cores": "{{ params.num_workers * params.worker_cores }}",
+        "conf": "{{ params.spark_conf | tojson }}",
     }
 
 

@@ -24,10 +24,31 @@ def dagbag():
     return DagBag(dag_folder=str(REPO / "dags"))
 
 
+def leftover_daemons() -> list[str]:
+    """``ps`` lines of Spark masters/workers of any cluster this test session created (other
+    people's Spark processes on a shared machine are not ours to judge)."""
+    from spindle.hooks.local_spark import LocalSparkClusterHook
+
+    ids = [c.cluster_id for c in LocalSparkClusterHook().list_clusters()]
+    return [
+        line for line in spark_daemon_pids() if any(f"-Dspindle.cluster.id={i} " in line + " " for i in ids)
+    ]
+
+
 @pytest.fixture
 def no_new_clusters():
-    """Fails a test that leaves a Spark master or worker of its own running."""
-    before = set(spark_daemon_pids())
+    """Fails a test that leaves a Spark master or worker of its clusters running."""
     yield
-    left = [line for line in spark_daemon_pids() if line not in before]
+    left = leftover_daemons()
     assert not left, f"Spark processes left running: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_leftover_clusters():
+    """Safety net: whatever a failing test left running is stopped when the session ends."""
+    yield
+    from spindle.hooks.local_spark import LocalSparkClusterHook
+
+    hook = LocalSparkClusterHook()
+    for cluster in hook.list_clusters():
+        hook.delete_cluster(cluster.cluster_id)

@@ -79,6 +79,8 @@ def test_params_have_descriptions_and_types(dagbag, dag_id):
         ("spindle_llm_transform", {"max_new_tokens": 100000}, "max_new_tokens"),
         ("spindle_llm_transform", {"output_column": "bad column"}, "output_column"),
         ("spindle_llm_transform", {"executor_memory_mb": 10}, "executor_memory_mb"),
+        ("spindle_llm_transform", {"spark_conf": {"executor.memory": "1g"}}, "spark_conf"),
+        ("spindle_llm_transform", {"spark_conf": {"spark.x": ["a"]}}, "spark_conf"),
     ],
 )
 def test_bad_param_values_are_refused_naming_the_param(dagbag, dag_id, conf, param):

@@ -355,9 +355,11 @@ def test_failing_job_still_deletes_the_cluster(dagbag, tmp_path, no_new_clusters
     (broken_model / "config.json").write_text(json.dumps({"model_type": "t5"}))  # no weights, no tokenizer
 
     dag = dagbag.dags["spindle_llm_transform"]
-    run = dag.test(
-        run_conf={"model_path": str(broken_model), "limit": 5, "num_workers": 1, "worker_cores": 1}
-    )
+    conf = {
+        "model_path": str(broken_model), "limit": 5, "num_workers": 1, "worker_cores": 1,
+        "spark_conf": {"spark.task.maxFailures": 1},  # fail on the first attempt, not the fourth
+    }  # fmt: skip
+    run = dag.test(run_conf=conf)
     result = RunResult(dag.dag_id, run.run_id, str(run.state), None, "".join(capfd.readouterr()))
     assert result.state == "failed"
     states = result.task_states

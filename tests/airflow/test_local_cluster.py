@@ -86,11 +86,10 @@ def test_parse_metrics_line():
 def cluster():
     """One single-worker cluster shared by the spark-submit hook tests, deleted at the end."""
     hook = LocalSparkClusterHook()
-    before = set(spark_daemon_pids())
     cluster = hook.create_cluster(num_workers=1, worker_cores=2, worker_memory=1024)
     yield cluster
     hook.delete_cluster(cluster.cluster_id)
-    assert [line for line in spark_daemon_pids() if line not in before] == []
+    assert _ps_lines_of(cluster.cluster_id) == []
 
 
 def _submit_hook(cluster, name: str, args: list[str]) -> SparkAppSubmitHook:

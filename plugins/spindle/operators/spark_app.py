@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,10 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.executorEnv.TRANSFORMERS_OFFLINE": "1",
     "spark.executorEnv.TOKENIZERS_PARALLELISM": "false",
 }
+
+
+def _conf_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def job_args_to_cli(job_args: Mapping[str, Any] | None) -> list[str]:
@@ -66,7 +71,8 @@ class SparkAppJobOperator(BaseOperator):
     :param total_executor_cores: ``spark.cores.max``; default: all cores of the cluster (templated).
     :param task_cpus: ``spark.task.cpus`` (templated).
     :param driver_memory: ``spark.driver.memory`` (templated).
-    :param conf: extra Spark properties (templated).
+    :param conf: extra Spark properties: a mapping, or a JSON object string such as a rendered
+        ``"{{ params.spark_conf | tojson }}"`` (templated).
     :param require_metrics: fail the task when the job printed no ``SPINDLE_METRICS`` line.
     """
 
@@ -102,7 +108,7 @@ class SparkAppJobOperator(BaseOperator):
         total_executor_cores: int | str | None = None,
         task_cpus: int | str | None = None,
         driver_memory: str | None = None,
-        conf: dict[str, Any] | None = None,
+        conf: Mapping[str, Any] | str | None = None,
         require_metrics: bool = True,
         spark_apps_root: str | None = None,
         cluster_home: str | None = None,
@@ -169,7 +175,10 @@ class SparkAppJobOperator(BaseOperator):
         conf.update(cluster_conf)
         if self.task_cpus not in (None, ""):
             conf["spark.task.cpus"] = str(int(self.task_cpus))
-        conf.update({str(k): str(v) for k, v in (self.conf or {}).items()})
+        extra = json.loads(self.conf) if isinstance(self.conf, str) and self.conf.strip() else self.conf
+        if extra and not isinstance(extra, Mapping):
+            raise ValueError(f"conf must be a mapping of Spark properties, got {type(extra).__name__}")
+        conf.update({str(k): _conf_value(v) for k, v in (extra or {}).items()})
         return conf
 
     @staticmethod
