@@ -164,13 +164,16 @@ def _keys(column):
 
 
 def extract_book(editions):
-    """The book columns from the parsed ``edition`` struct."""
+    """The book columns from the parsed ``edition`` struct (classification columns kept)."""
     e = F.col("edition")
     pages = e.getField("number_of_pages")
     year = F.regexp_extract(e.getField("publish_date"), _YEAR_RE, 1)
     no_strings = F.array().cast("array<string>")
     return editions.select(
-        "*",
+        "line",
+        "source_file",
+        "reason",
+        "detail",
         e.getField("key").alias("id"),
         _blank_to_null(e.getField("title")).alias("title"),
         _blank_to_null(e.getField("subtitle")).alias("subtitle"),
