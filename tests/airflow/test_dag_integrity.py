@@ -49,6 +49,18 @@ def test_every_cluster_has_a_teardown_that_deletes_it(dagbag, dag_id):
             assert all(job.task_id in d.get_flat_relative_ids(upstream=True) for d in deletes)
 
 
+def test_every_setup_in_every_dag_has_a_teardown(dagbag):
+    """Whatever creates a cluster (local or a cloud lane) is a setup with a teardown after it."""
+    for dag in dagbag.dags.values():
+        for task in dag.tasks:
+            name = type(task).__name__
+            if "Create" in name and any(w in name for w in ("Cluster", "JobFlow", "Application")):
+                assert task.is_setup, f"{dag.dag_id}.{task.task_id} ({name}) is not a setup"
+            if task.is_setup:
+                teardowns = [t for t in task.downstream_list if t.is_teardown]
+                assert teardowns, f"{dag.dag_id}.{task.task_id} has no teardown"
+
+
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
 def test_default_params_validate(dagbag, dag_id):
     dagbag.dags[dag_id].params.validate()
