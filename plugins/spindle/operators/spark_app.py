@@ -16,6 +16,7 @@ from spindle.hooks.local_spark import LocalSparkClusterHook
 from spindle.hooks.spark_app import SparkAppSubmitHook
 from spindle.links.spark_ui import XCOM_SPARK_APP_ID, XCOM_SPARK_UI_URL, SparkUILink
 from spindle.spark_package import build_spark_apps_package
+from spindle.spark_progress import SparkProgressPoller, default_interval
 
 # Defaults every job gets; a key in ``conf`` wins.
 DEFAULT_CONF: dict[str, str] = {
@@ -74,6 +75,9 @@ class SparkAppJobOperator(BaseOperator):
     :param conf: extra Spark properties: a mapping, or a JSON object string such as a rendered
         ``"{{ params.spark_conf | tojson }}"`` (templated).
     :param require_metrics: fail the task when the job printed no ``SPINDLE_METRICS`` line.
+    :param progress_interval: seconds between the task log's ``Spark progress`` lines (stage,
+        tasks done/total, rows/s, read from the driver UI's REST API); default
+        ``$SPINDLE_PROGRESS_INTERVAL`` or 15; 0: no lines.
     """
 
     template_fields: Sequence[str] = (
@@ -110,6 +114,7 @@ class SparkAppJobOperator(BaseOperator):
         driver_memory: str | None = None,
         conf: Mapping[str, Any] | str | None = None,
         require_metrics: bool = True,
+        progress_interval: float | None = None,
         spark_apps_root: str | None = None,
         cluster_home: str | None = None,
         **kwargs: Any,
@@ -127,6 +132,7 @@ class SparkAppJobOperator(BaseOperator):
         self.driver_memory = driver_memory
         self.conf = conf
         self.require_metrics = require_metrics
+        self.progress_interval = progress_interval
         self.spark_apps_root = spark_apps_root
         self.cluster_home = cluster_home
         self.spark_ui_url: str | None = None
@@ -226,8 +232,17 @@ class SparkAppJobOperator(BaseOperator):
         self.log.info(
             "Submitting %s to cluster %s (%s)", application.name, cluster.cluster_id, cluster.master_url
         )
+        interval = default_interval() if self.progress_interval is None else float(self.progress_interval)
         try:
-            self._hook.submit(str(application))
+            if interval > 0:
+                with SparkProgressPoller(
+                    self.log, app_id=lambda: self._hook.spark_app_id, app_name=app_name,
+                    host=cluster.host, base_port=int(self._hook._conf.get("spark.ui.port", 4040)),
+                    interval=interval,
+                ):  # fmt: skip
+                    self._hook.submit(str(application))
+            else:
+                self._hook.submit(str(application))
         finally:
             self._publish_app(ti, cluster, app_name)
         metrics = self._hook.metrics
