@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,7 @@ def marked_pids(run_token: str) -> list[int]:
 
 def spark_daemons(folder: Path) -> list[str]:
     """``ps`` lines of Spark masters/workers whose cluster folder lies under ``folder``."""
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], check=False, capture_output=True, text=True).stdout
     lines = []
     for line in out.splitlines():
         if "org.apache.spark.deploy.master.Master" in line or "org.apache.spark.deploy.worker.Worker" in line:
@@ -209,6 +210,8 @@ class AirflowServer:
                 "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false",
+                # Job tasks log Spark progress every 3 s (default 15 s): short test jobs show it.
+                "SPINDLE_PROGRESS_INTERVAL": "3",
                 "PYSPARK_PYTHON": python,
                 "PYSPARK_DRIVER_PYTHON": python,
                 "PYTHONPATH": str(REPO),
@@ -360,6 +363,15 @@ class AirflowServer:
                 raise AssertionError(f"DAG import errors: {errors}")
             time.sleep(2)
         raise TimeoutError(f"DAG {dag_id} did not appear in {timeout:.0f} s")
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> list[str]:
+        """The task's log lines (``event`` of each structured line) as the UI reads them."""
+        run = urllib.parse.quote(run_id, safe="")
+        data = self.api("GET", f"/dags/{dag_id}/dagRuns/{run}/taskInstances/{task_id}/logs/{try_number}")
+        lines = []
+        for item in data.get("content", []):
+            lines.append(item.get("event", "") if isinstance(item, dict) else str(item))
+        return lines
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

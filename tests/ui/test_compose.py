@@ -40,7 +40,7 @@ def docker_compose_config(*extra: str) -> dict:
     if binary is None:
         skip_or_fail("no docker-compose binary (apt-get install docker-compose)")
     result = subprocess.run(
-        [binary, *extra, "-f", str(COMPOSE), "config"], cwd=REPO, env=_compose_env(),
+        [binary, *extra, "-f", str(COMPOSE), "config"], check=False, cwd=REPO, env=_compose_env(),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
@@ -144,9 +144,9 @@ def test_the_stack_is_complete_and_healthchecked(raw, resolved):
 
 def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements():
     text = DOCKERFILE.read_text()
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.M))
-    assert re.search(r"^ARG AIRFLOW_VERSION=(\S+)$", text, re.M).group(1) == pins["apache-airflow"]
-    assert re.search(r"^FROM apache/airflow:\$\{AIRFLOW_VERSION\}-python", text, re.M)
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (REPO / "requirements.txt").read_text(), re.MULTILINE))
+    assert re.search(r"^ARG AIRFLOW_VERSION=(\S+)$", text, re.MULTILINE).group(1) == pins["apache-airflow"]
+    assert re.search(r"^FROM apache/airflow:\$\{AIRFLOW_VERSION\}-python", text, re.MULTILINE)
     assert "openjdk-17-jre-headless" in text
     torch_at = text.index(f"torch=={pins['torch']}")
     requirements_at = text.index("-r /opt/spindle/requirements.txt")
@@ -157,7 +157,7 @@ def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements
     allowed = {
         line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
     }
-    for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.M):
+    for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.MULTILINE):
         for source in line.split():
             assert (REPO / source).exists(), f"COPY source {source} is missing"
             assert source in allowed, f"COPY source {source} is excluded by .dockerignore"
@@ -165,7 +165,7 @@ def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements
 
 def _entrypoint(**env: str) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ["PATH"], "SPINDLE_NEXT_ENTRYPOINT": "env"}
-    return subprocess.run(["bash", str(ENTRYPOINT)], env={**base, **env}, capture_output=True, text=True, timeout=30)
+    return subprocess.run(["bash", str(ENTRYPOINT)], check=False, env={**base, **env}, capture_output=True, text=True, timeout=30)
 
 
 def _exported(result: subprocess.CompletedProcess) -> dict[str, str]:

@@ -1,0 +1,193 @@
+"""The path a person takes through Airflow's UI, in a real headless Chromium (Debian's package,
+driven by Playwright with an explicit executable path; no browser download):
+
+log in -> DAG list -> the nightly DAG -> Trigger with the parameter form (a small row limit) ->
+the run succeeds on a real local Spark cluster -> the embed task's "Spark UI" extra link is there
+and points at the cluster that ran it (its master UI, the application's page).
+
+Screenshots go to ``test-artifacts/ui/``; with ``SPINDLE_UI_SCREENSHOTS_TO_DOCS=1`` also to
+``docs/img/`` (the README's pictures; off by default so a test run leaves the checkout clean).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from spindle_ui_harness import (
+    ADMIN_USER,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    DOCS_IMG,
+    browser_missing_reason,
+    skip_or_fail,
+    spark_daemons,
+)
+
+DAG_ID = "spindle_nightly_books"
+ROW_LIMIT = 200  # of the 1000-line sample: a few dozen books survive the filters
+TO_DOCS = os.environ.get("SPINDLE_UI_SCREENSHOTS_TO_DOCS") == "1"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    reason = browser_missing_reason()
+    if reason:
+        skip_or_fail(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, artifacts):
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(30_000)
+    context.tracing.start(screenshots=True, snapshots=True)
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.tracing.stop(path=str(artifacts / "trace.zip"))  # npx playwright show-trace ...
+        context.close()
+
+
+class Shots:
+    """Numbered screenshots in test-artifacts/ui/ (and docs/img/ when asked)."""
+
+    def __init__(self, page, folder: Path) -> None:
+        self.page, self.folder, self.taken = page, folder, []
+
+    def __call__(self, name: str, docs: bool = False, **kwargs) -> Path:
+        path = self.folder / f"{len(self.taken) + 1:02d}-{name}.png"
+        self.page.screenshot(path=str(path), **kwargs)
+        self.taken.append(path)
+        if docs and TO_DOCS:
+            DOCS_IMG.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, DOCS_IMG / f"airflow-ui-{name}.png")
+        return path
+
+
+def _xcom(server, run_id: str, task_id: str, key: str):
+    run = urllib.parse.quote(run_id, safe="")
+    return server.api("GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}/xcomEntries/{key}")["value"]
+
+
+def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_server, page, artifacts):
+    server, base = airflow_server, airflow_server.base_url
+    for old in artifacts.glob("*.png"):
+        old.unlink()
+    shot = Shots(page, artifacts)
+
+    # 1. Log in (SimpleAuthManager's own login page).
+    page.goto(base + "/")
+    page.wait_for_url("**/auth/login**")
+    page.get_by_label("Username").fill(ADMIN_USER)
+    page.get_by_label("Password").fill(server.password)
+    shot("login")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(base + "/")
+
+    # 2. The DAG list shows both Spindle DAGs; open the nightly one.
+    page.get_by_role("link", name="Dags", exact=True).first.click()
+    dag_link = page.get_by_role("link", name=DAG_ID, exact=True)
+    dag_link.wait_for()
+    page.get_by_role("link", name="spindle_llm_transform", exact=True).wait_for()
+    page.wait_for_load_state("networkidle")
+    shot("dag-list", docs=True)
+    dag_link.click()
+    page.wait_for_url(f"{base}/dags/{DAG_ID}")
+    page.get_by_role("heading", name=DAG_ID, level=2).wait_for()
+
+    # 3. Trigger with the parameter form: a small row limit, everything else as it is.
+    page.get_by_role("button", name="Trigger Dag").click()
+    dialog = page.get_by_role("dialog")
+    limit = dialog.get_by_role("spinbutton", name="Row limit")
+    limit.fill(str(ROW_LIMIT))
+    limit.blur()
+    shot("trigger-form", docs=True)
+    with page.expect_response(
+        lambda r: r.url.endswith(f"/api/v2/dags/{DAG_ID}/dagRuns") and r.request.method == "POST"
+    ) as created:
+        dialog.get_by_role("button", name="Trigger", exact=True).click()
+    assert created.value.status == 200, created.value.text()
+    run = created.value.json()
+    run_id = run["dag_run_id"]
+    assert run["conf"]["limit"] == ROW_LIMIT and run["triggered_by"] == "ui"
+
+    # 4. Wait for the run (REST; a UI page left open polls the API and costs the run CPU),
+    #    then look at the finished run.
+    page.goto("about:blank")
+    finished = server.wait_for_run(DAG_ID, run_id, timeout=420)
+    run_url = f"{base}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}"
+    page.goto(run_url)
+    page.wait_for_load_state("networkidle")
+    shot("run-finished", docs=True)
+    if finished["state"] != "success":
+        tis = server.api("GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")
+        states = {t["task_id"]: t["state"] for t in tis["task_instances"]}
+        pytest.fail(f"run {run_id} ended {finished['state']}: {states} (task logs: {artifacts}/logs/airflow)")
+
+    # 5. Open the embed task: its "Spark UI" extra link, in the Details tab.
+    page.locator(f'a[href="/dags/{DAG_ID}/runs/{run_id}/tasks/embed_text"]').first.click()  # grid cell
+    page.wait_for_url("**/tasks/embed_text")
+    page.get_by_role("heading", name="embed_text", level=2).wait_for()
+    page.locator('a[href$="/tasks/embed_text/details"]').click()
+    link = page.get_by_role("link", name="Spark UI", exact=True)
+    link.wait_for()
+    href = link.get_attribute("href")
+    shot("embed-task-spark-ui-link", docs=True)
+
+    # 6. The link points at the cluster that ran the task.
+    cluster_id = _xcom(server, run_id, "create_cluster", "return_value")
+    cluster_ui = _xcom(server, run_id, "create_cluster", "ui_url")
+    app_id = _xcom(server, run_id, "embed_text", "spark_app_id")
+    rest_links = server.api(
+        "GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/embed_text/links"
+    )["extra_links"]
+    state = json.loads((server.clusters_dir / cluster_id / "state.json").read_text())
+    assert rest_links.get("Spark UI") == href
+    assert app_id and app_id.startswith("app-")
+    assert href == f"{cluster_ui}/app/?appId={app_id}", (href, cluster_ui, app_id)
+    assert state["ui_url"] == cluster_ui and state["cluster_id"] == cluster_id
+    assert state["status"] == "DELETED", "the teardown did not delete the cluster"
+    assert not spark_daemons(server.root), "the run left Spark daemons behind"
+
+    # The job did real work: books kept and embedded.
+    prepared = _xcom(server, run_id, "prepare_books", "return_value")
+    embedded = _xcom(server, run_id, "embed_text", "return_value")
+    (artifacts / "run.json").write_text(
+        json.dumps({"run": finished, "link": href, "prepare": prepared, "embed": embedded}, indent=2, default=str)
+    )
+    assert page.get_by_text("Success").first.is_visible()
+
+    # 7. The task log shows Spark's progress at a steady interval while the job ran, and is
+    #    readable in the UI.
+    log_lines = server.task_log(DAG_ID, run_id, "embed_text")
+    progress = [line for line in log_lines if line.startswith(f"Spark progress {app_id}: ")]
+    (artifacts / "embed_text-progress.txt").write_text("\n".join(progress) + "\n")
+    assert len(progress) >= 2, f"fewer than 2 progress lines in the embed_text log: {progress}"
+    assert any(re.search(r"stage \d+: tasks \d+/\d+ done", line) for line in progress), progress
+    assert all("rows/s" in line for line in progress)
+    seconds = [int(re.search(r"\| (\d+) s$", line).group(1)) for line in progress]
+    gaps = [b - a for a, b in itertools.pairwise(seconds)]
+    assert gaps and max(gaps) <= 3 * 3 + 3, f"progress lines were not steady (every ~3 s): {seconds}"
+    page.locator('a[href$="/tasks/embed_text"]', has_text="Logs").click()
+    page.get_by_text(f"Spark application {app_id}").first.wait_for()  # the log's last line
+    search = page.get_by_placeholder("Search logs")
+    if search.count():
+        search.fill("Spark progress")
+        page.keyboard.press("Enter")
+        page.wait_for_timeout(1000)
+    shot("embed-task-log", docs=True)
