@@ -170,12 +170,13 @@ class SparkWorkRunner(threading.Thread):
         return self._local[ident]
 
     def _drop_cluster(self, ident: str) -> None:
-        local = self._local.pop(ident, None)
+        local = self._local.get(ident)
         if local is not None:
             for key, job in list(self._running.items()):
                 if key.startswith(ident + "/"):
                     job.cancel()
             self.clusters.stop(local.cluster_id)
+            del self._local[ident]  # only once stopped: settled() must not see it gone early
             self._event("cluster", ident, "local spark stopped")
 
     # ------------------------------------------------------------------ EMR on EC2
@@ -183,7 +184,8 @@ class SparkWorkRunner(threading.Thread):
         backend = self._emr()
         for cluster in list(backend.clusters.values()):
             if cluster.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"):
-                if cluster.id in self._local and cluster.id not in self._busy:
+                step_thread = self._busy.get(cluster.id)
+                if cluster.id in self._local and not (step_thread and step_thread.is_alive()):
                     self._drop_cluster(cluster.id)
                 continue
             if cluster.id in self._busy and self._busy[cluster.id].is_alive():
@@ -281,6 +283,14 @@ class SparkWorkRunner(threading.Thread):
             _put_log(self.s3, f"{log_uri.rstrip('/')}/applications/{app.id}/jobs/{run.id}/SPARK_DRIVER", text)
         self._event("job_run", run.id, run.state)
 
+    def settled(self) -> bool:
+        if any(t.is_alive() for t in list(self._busy.values())):
+            return False
+        ended = {c.id for c in self._emr().clusters.values()
+                 if c.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")}
+        ended |= {i for i, a in self._serverless().applications.items() if a.state in ("STOPPED", "TERMINATED")}
+        return not (ended & set(self._local))
+
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         while not self._halt.wait(self.poll):
@@ -332,6 +342,8 @@ class FakeAws:
         self.stop()
 
     def wait_idle(self, timeout: float = 60) -> None:
+        """Until no step or job run is running and every local cluster whose job flow terminated
+        or whose application stopped is gone (the runner notices on its next poll)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(t.is_alive() for t in self.runner._busy.values()):
+        while time.monotonic() < deadline and not self.runner.settled():
             time.sleep(0.2)

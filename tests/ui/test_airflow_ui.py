@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -84,6 +85,33 @@ def _xcom(server, run_id: str, task_id: str, key: str):
     return server.api("GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}/xcomEntries/{key}")["value"]
 
 
+def _screenshot_spark_ui_while_embedding(server, page, shot, run_id: str, timeout: float = 420) -> Path | None:
+    """While embed_text runs, the cluster is up: take a picture of what the "Spark UI" link
+    opens (the master UI with the running application). Best effort: None if the moment passed."""
+    run = urllib.parse.quote(run_id, safe="")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tis = server.api("GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances")["task_instances"]
+        states = {ti["task_id"]: ti["state"] for ti in tis}
+        if states.get("embed_text") == "running":
+            break
+        if states.get("embed_text") in ("success", "failed", "upstream_failed", "skipped"):
+            return None
+        time.sleep(2)
+    else:
+        return None
+    try:
+        ui_url = _xcom(server, run_id, "create_cluster", "ui_url")
+        page.goto(ui_url)
+        page.get_by_text("Running Applications").first.wait_for(timeout=10_000)
+        path = shot("spark-master-ui", docs=True, full_page=True)
+    except Exception as err:  # noqa: BLE001 - the cluster may be gone already: no picture then
+        print(f"no Spark master UI screenshot: {err}")
+        path = None
+    page.goto("about:blank")
+    return path
+
+
 def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_server, page, artifacts):
     server, base = airflow_server, airflow_server.base_url
     for old in artifacts.glob("*.png"):
@@ -129,6 +157,7 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     # 4. Wait for the run (REST; a UI page left open polls the API and costs the run CPU),
     #    then look at the finished run.
     page.goto("about:blank")
+    master_ui_shot = _screenshot_spark_ui_while_embedding(server, page, shot, run_id)
     finished = server.wait_for_run(DAG_ID, run_id, timeout=420)
     run_url = f"{base}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}"
     page.goto(run_url)
@@ -167,9 +196,9 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     # The job did real work: books kept and embedded.
     prepared = _xcom(server, run_id, "prepare_books", "return_value")
     embedded = _xcom(server, run_id, "embed_text", "return_value")
-    (artifacts / "run.json").write_text(
-        json.dumps({"run": finished, "link": href, "prepare": prepared, "embed": embedded}, indent=2, default=str)
-    )
+    record = {"run": finished, "link": href, "prepare": prepared, "embed": embedded,
+              "spark_master_ui_screenshot": str(master_ui_shot)}  # fmt: skip
+    (artifacts / "run.json").write_text(json.dumps(record, indent=2, default=str))
     assert page.get_by_text("Success").first.is_visible()
 
     # 7. The task log shows Spark's progress at a steady interval while the job ran, and is

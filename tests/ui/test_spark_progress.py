@@ -109,6 +109,16 @@ def test_format_names_stage_tasks_and_rate():
     assert "no stage running | stages 1/1 done | 10 rows (avg 2 rows/s)" in idle
 
 
+def wait_for(predicate, timeout=60.0, step=0.05):
+    """Conditions, not sleeps: this machine is shared, and a loaded CI box stretches every sleep."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
 def test_finds_the_driver_ui_by_port_scan_and_logs_at_a_steady_interval(driver):
     log = ListLog()
     closed = socket.socket()
@@ -119,19 +129,25 @@ def test_finds_the_driver_ui_by_port_scan_and_logs_at_a_steady_interval(driver):
         log, app_id=lambda: driver.app_id, base_port=min(base, driver.port),
         port_retries=abs(driver.port - base), interval=0.2,
     )  # fmt: skip
+
+    def progress():
+        return [line for line in log.lines if line.startswith("Spark progress app-")]
+
+    def seen(text):
+        return lambda: any(text in line for line in progress())
+
     driver.stages = [_stage(0, "ACTIVE", 0, 4, active=2)]
     with poller:
-        time.sleep(0.5)
+        assert wait_for(seen("stage 0: tasks 0/4 done, 2 running")), log.lines
         driver.stages = [_stage(0, "ACTIVE", 2, 4, active=2, rows=2000)]
-        time.sleep(0.5)
+        assert wait_for(seen("stage 0: tasks 2/4 done, 2 running")), log.lines
         driver.stages = [_stage(0, "COMPLETE", 4, 4, rows=4000), _stage(1, "ACTIVE", 0, 1, 1)]
-        time.sleep(0.5)
-    progress = [line for line in log.lines if line.startswith("Spark progress app-")]
-    assert len(progress) >= 5, log.lines  # ~7 ticks in 1.5 s at 0.2 s
+        assert wait_for(seen("stage 1: tasks 0/1 done")), log.lines
+        ticks = len(progress())
+        assert wait_for(lambda: len(progress()) >= ticks + 2), "no steady ticks: " + repr(log.lines)
     assert poller.ui_url == f"http://127.0.0.1:{driver.port}"
-    assert any("stage 0: tasks 2/4 done, 2 running" in line for line in progress)
-    assert any("stage 1: tasks 0/1 done" in line and "stages 1/2 done" in line for line in progress)
-    assert any("rows/s" in line and "4,000 rows" in line for line in progress)
+    assert any("stage 1: tasks 0/1 done" in line and "stages 1/2 done" in line for line in progress())
+    assert any("rows/s" in line and "4,000 rows" in line for line in progress())
     assert log.lines[-1].startswith(f"Spark progress {driver.app_id}, last seen: stages 1/2 done")
 
 
@@ -152,13 +168,15 @@ def test_a_driver_that_goes_away_or_never_comes_fails_nothing():
     log = ListLog()
     poller = SparkProgressPoller(log, app_id=fake.app_id, ui_url=f"http://127.0.0.1:{fake.port}", interval=0.1)
     with poller:
-        time.sleep(0.35)
+        assert wait_for(lambda: poller.last is not None)
         fake.close()
-        time.sleep(0.35)
+        seen = len(log.lines)
+        assert wait_for(lambda: len(log.lines) > seen or poller.last is not None)
+        time.sleep(0.3)  # a few polls against the closed port: none may raise
     assert poller.last is not None and poller.last.rows == 10
     log2 = ListLog()
     with SparkProgressPoller(log2, app_id="app-x", base_port=fake.port, port_retries=0, interval=0.05, give_up_after=0.2):
-        time.sleep(0.5)
+        assert wait_for(lambda: any("no driver UI of app-x found" in line for line in log2.lines))
     assert log2.lines and "no driver UI of app-x found" in log2.lines[-1]
     assert log2.lines[0].startswith("Spark progress: waiting for the driver UI of app-x")
 
@@ -187,23 +205,39 @@ def test_progress_of_a_real_local_spark_application(tmp_path):
     try:
         spark.range(0, 4000, numPartitions=4).write.parquet(str(tmp_path / "rows"))
 
-        def slow(batches):
+        release = tmp_path / "release"
+
+        def held(batches):  # each task waits until the test has seen progress, at most 120 s
             for batch in batches:
-                time.sleep(1.5)
+                deadline = time.monotonic() + 120
+                while not release.exists() and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 yield batch
 
-        df = spark.read.parquet(str(tmp_path / "rows")).mapInPandas(slow, "id long")
+        df = spark.read.parquet(str(tmp_path / "rows")).mapInPandas(held, "id long")
         log = ListLog()
         poller = SparkProgressPoller(
             log, app_id=spark.sparkContext.applicationId, base_port=ui_port, interval=0.5
         )
+
+        def progress():
+            return [line for line in log.lines if line.startswith("Spark progress local-")]
+
         with poller:
-            df.write.format("noop").mode("overwrite").save()
-        assert pyspark.__version__
+            writer = threading.Thread(target=lambda: df.write.format("noop").mode("overwrite").save())
+            writer.start()
+            running = wait_for(
+                lambda: any(re.search(r"stage \d+: tasks 0/4 done, [12] running", line) for line in progress()),
+                timeout=120,
+            )
+            ticks = len(progress())
+            steady = wait_for(lambda: len(progress()) >= ticks + 2, timeout=30)
+            release.touch()
+            writer.join(timeout=180)
+            assert wait_for(lambda: poller.last is not None and poller.last.rows > 0, timeout=30), log.lines[-3:]
+        assert running, log.lines
+        assert steady, log.lines
     finally:
         spark.stop()
-    progress = [line for line in log.lines if line.startswith("Spark progress local-")]
-    assert len(progress) >= 3, log.lines
-    assert any(re.search(r"stage \d+: tasks \d/4 done", line) for line in progress), progress
-    assert poller.last is not None and poller.last.rows > 0, log.lines[-3:]
-    logging.getLogger(__name__).info("\n".join(progress))
+    assert any(re.search(r"stage \d+: tasks 4/4 done|stages \d+/\d+ done", line) for line in progress())
+    logging.getLogger(__name__).info("\n".join(progress()))
