@@ -1,11 +1,17 @@
 """
 ### Nightly book embeddings on an ephemeral Spark cluster
 
-`check_params` → `create_cluster` → `prepare_books` → `embed_text` → `delete_cluster` (teardown).
+`check_params` → `create_cluster` → `prepare_books` → `embed_text` → `delete_cluster` (teardown),
+and `embed_text` → `load_vectors` (on the Airflow worker, in parallel with the teardown; it
+skips itself on cloud lanes, whose outputs are in their object store).
 
 - **prepare_books** filters the Open Library editions dump (language, pages, subject, age) and
   builds the text to embed; malformed lines go to a quarantine output with the reason.
 - **embed_text** embeds that text with a sentence-transformers model in a pandas UDF.
+- **load_vectors** upserts the run's vectors (with title, author, year, cover URL) into a new
+  Milvus collection version and points the alias `books_text` at it (`books_covers` for CLIP
+  cover vectors when the run made them); it needs only the Parquet files, not the cluster.
+  Search: `python -m spindle.vectors.search "a detective story in foggy London"`.
 - **delete_cluster** is the teardown of `create_cluster`: it runs when a job fails and when the
   run is marked failed, so no cluster outlives its run.
 
@@ -24,6 +30,7 @@ from spindle.operators.local_spark import (
 )
 from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
 from spindle.operators.spark_app import SparkAppJobOperator
+from spindle.vectors.operators import LoadVectorsOperator
 from spindle.pipelines import (
     batch_size_param,
     check_params,
@@ -105,6 +112,7 @@ with DAG(
             "books": "books.parquet",
             "quarantine": "quarantine.parquet",
             "embeddings": "embeddings.parquet",
+            "cover_embeddings": "cover_embeddings.parquet",
         },
         model_kind="sentence-transformers",
     )
@@ -140,8 +148,23 @@ with DAG(
         **job_kwargs(),
     )
     delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
+    # Runs on the Airflow worker from the Parquet outputs: the cluster is not needed (nor kept).
+    load = LoadVectorsOperator(
+        task_id="load_vectors",
+        books=plan["books"],
+        sources=[
+            {"alias": "books_text", "embeddings": plan["embeddings"], "model_dir": plan["model_path"],
+             "model_kind": "sentence-transformers"},
+            # CLIP cover vectors: loaded when the run wrote them, skipped otherwise.
+            {"alias": "books_covers", "embeddings": plan["cover_embeddings"], "model_kind": "clip",
+             "optional": True},
+        ],
+        backend=check["backend"],  # other lanes' vectors are in their object store: skipped
+        trigger_rule="none_failed",  # runs when optional upstreams (cover embedding) were skipped
+    )
 
     plan >> create >> prepare >> embed >> delete
+    embed >> load
     delete.as_teardown(setups=create)
 
     # The same create -> jobs -> delete lane on Yandex Data Proc, EMR and EMR Serverless,

@@ -25,4 +25,9 @@ airflow dags test spindle_llm_transform \
   -c "{\"model_path\": \"$t5_dir\", \"limit\": 200}" 2>&1 | tee "$SPINDLE_HOME/logs/spindle_llm_transform.log" || status=1
 
 python scripts/summarize_runs.py spindle_nightly_books spindle_llm_transform || status=1
+
+# The end of the story: a person searches the books the nightly run just loaded into Milvus.
+query="a detective story in foggy London"
+echo ">> python -m spindle.vectors.search \"$query\" --k 5"
+python -m spindle.vectors.search "$query" --k 5 || status=1
 exit $status

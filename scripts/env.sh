@@ -25,5 +25,6 @@ export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export PYSPARK_PYTHON="$SPINDLE_VENV/bin/python"
 export PYSPARK_DRIVER_PYTHON="$SPINDLE_VENV/bin/python"
-export PYTHONPATH="$SPINDLE_REPO${PYTHONPATH:+:$PYTHONPATH}"
+# plugins/ too, as Airflow has it: commands such as `python -m spindle.vectors.search` import spindle.
+export PYTHONPATH="$SPINDLE_REPO:$SPINDLE_REPO/plugins${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$SPINDLE_VENV/bin:$PATH"

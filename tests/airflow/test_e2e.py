@@ -231,6 +231,20 @@ def assert_spark_ui_links(result: RunResult, job_task_ids: list[str], client) ->
         assert response.json()["extra_links"] == {"Spark UI": expected}
 
 
+def assert_vectors_loaded(result: RunResult, embeddings: list[dict[str, Any]]) -> None:
+    """load_vectors put every vector into Milvus (the run's milvus-lite file) behind the alias
+    ``books_text``, and a book's own vector finds that book first."""
+    from spindle.vectors.store import MilvusVectorStore, search
+
+    loaded = result.xcom("load_vectors")
+    assert loaded["rows_upserted"] == len(embeddings), loaded
+    with MilvusVectorStore(SPINDLE_HOME / "milvus" / "spindle.db") as store:
+        assert store.resolve_alias("books_text") == loaded["outputs"]["books_text"]
+        assert store.count("books_text") == len(embeddings)
+        hits = search(store, "books_text", [row["vector"] for row in embeddings[:3]], 1)
+        assert [h[0].id for h in hits] == [row["id"] for row in embeddings[:3]]
+
+
 def parquet_rows(path: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
@@ -286,6 +300,7 @@ def test_nightly_books_end_to_end(nightly_run, api_client):
     embeddings = parquet_rows(run_folder / "embeddings.parquet")
     assert books and len(embeddings) == len(books)
     assert all(len(row["vector"]) == 384 for row in embeddings)  # all-MiniLM-L6-v2
+    assert_vectors_loaded(result, embeddings)
     assert isinstance(result.xcom("prepare_books"), dict) and isinstance(result.xcom("embed_text"), dict)
     # the driver's output reached the task log
     assert "SPINDLE_METRICS" in result.output and "Connected to Spark cluster with app ID" in result.output

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID
 from spindle.pipelines import local_path, warehouse_root
@@ -37,11 +37,15 @@ class LoadVectorsOperator(BaseOperator):
     :param version: version label; default: from the run (:func:`run_version`) (templated).
     :param index_type: ``auto`` (FLAT up to 50k rows, else HNSW), ``FLAT``, ``HNSW``, ``AUTOINDEX``.
     :param switch_alias: False loads the version without making it current.
+    :param backend: the run's backend (``check_backend``'s output, templated): other than
+        ``local`` the task skips itself, as those lanes write to their object store, which this
+        operator does not read. Lets the DAG use ``trigger_rule="none_failed"`` (run when
+        optional upstreams such as cover embedding were skipped).
     :return: XCom ``rows_upserted`` (all sources), ``outputs`` {alias: collection}, ``loads``
         (per source: counts, collection, previous collection, seconds).
     """
 
-    template_fields: Sequence[str] = ("sources", "books", "version", "index_type")
+    template_fields: Sequence[str] = ("sources", "books", "version", "index_type", "backend")
     ui_color = "#d6ecf3"
 
     def __init__(
@@ -52,6 +56,7 @@ class LoadVectorsOperator(BaseOperator):
         version: str | None = None,
         index_type: str = "auto",
         switch_alias: bool = True,
+        backend: str | None = None,
         batch_size: int = 1000,
         milvus_conn_id: str = DEFAULT_MILVUS_CONN_ID,
         warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
@@ -67,11 +72,14 @@ class LoadVectorsOperator(BaseOperator):
         self.version = version
         self.index_type = index_type
         self.switch_alias = switch_alias
+        self.backend = backend
         self.batch_size = batch_size
         self.milvus_conn_id = milvus_conn_id
         self.warehouse_conn_id = warehouse_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        if self.backend and self.backend != "local":
+            raise AirflowSkipException(f"backend {self.backend!r} writes its vectors to its object store: not loaded")
         version = self.version or run_version(context["run_id"], _run_time(context))
         books = self._path(self.books) if self.books else None
         loads: list[dict[str, Any]] = []
