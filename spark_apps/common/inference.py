@@ -7,11 +7,12 @@ would load the model again. From here the cache stays in the worker process.
 """
 import time
 
-from spark_apps.common import models
+from spark_apps.common import clip, models
 
 LOADERS = {
     "sentence-transformers": models.load_sentence_transformer,
     "seq2seq": models.load_seq2seq,
+    clip.KIND: clip.load_clip_dir,
 }
 
 
@@ -35,24 +36,38 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
     """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint)]``.
 
     The whole Arrow batch goes to one ``encode`` call: sentence-transformers sorts it by
-    length before cutting ``batch_size`` chunks, so larger Arrow batches pad less.
+    length before cutting ``batch_size`` chunks, so larger Arrow batches pad less. A null text
+    (a row carried over from the previous version) gets a null vector and fingerprint; the model
+    is loaded at the first row that needs it, so a batch of carried rows costs nothing.
     """
     import numpy as np
     import pandas as pd
 
-    model, model_fingerprint = load("sentence-transformers", model_spec, threads)
+    model = model_fingerprint = None
     for texts in batches:
+        present = texts.notna().to_numpy()
+        if not present.any():
+            yield pd.DataFrame({"vector": [None] * len(texts), "model_fingerprint": None})
+            continue
+        if model is None:
+            model, model_fingerprint = load("sentence-transformers", model_spec, threads)
         start = time.perf_counter()
         vectors = model.encode(
-            texts.tolist(),
+            texts[present].tolist(),
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         ).astype(np.float32, copy=False)
         if on_batch is not None:
-            on_batch(time.perf_counter() - start, len(texts))
-        yield pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
+            on_batch(time.perf_counter() - start, int(present.sum()))
+        if present.all():
+            yield pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
+            continue
+        column = np.full(len(texts), None, dtype=object)
+        for row, vector in zip(np.flatnonzero(present), vectors):
+            column[row] = vector
+        yield pd.DataFrame({"vector": column, "model_fingerprint": np.where(present, model_fingerprint, None)})
 
 
 def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512):

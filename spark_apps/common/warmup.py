@@ -26,29 +26,40 @@ def warm_up(spark, kind, model_spec, slots, threads=None):
     return sorted({row["fingerprint"] for row in rows.collect()})  # one tiny row per slot
 
 
-def prepare_model(spark, args, kind, default_arrow_batch, watch):
-    """The model jobs' common start: Arrow batch size, model shipped and described, warm-up.
+def prepare_model(spark, args, kind, default_arrow_batch, watch, warm=True):
+    """The model jobs' common start: Arrow batch size, model shipped and described, warm-up
+    (``warm=False`` defers it to :func:`warm_model`, e.g. until it is known that any row needs
+    the model).
 
-    Returns a dict: ``spec`` (what executors resolve), ``name``, ``fingerprint``, ``slots``,
-    ``partitions``, ``executor_fingerprints`` (None without warm-up).
+    Returns a dict: ``kind``, ``spec`` (what executors resolve), ``name``, ``fingerprint``,
+    ``slots``, ``partitions``, ``executor_fingerprints`` (None without warm-up).
     """
     arrow_batch = args.arrow_batch_size or default_arrow_batch
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch))
     spec = models.ship_model(spark, args.model)
     name, fingerprint = models.describe(spec, args.model_name)
     slots = session.task_slots(spark)
-    seen = None
-    if not args.no_warm_up:
-        with watch.stage("load_model"):
-            seen = warm_up(spark, kind, spec, slots, args.torch_threads)
-        if fingerprint is None and len(seen) == 1:  # only the executors can see the model
-            fingerprint = seen[0]
-    return {
+    model = {
+        "kind": kind,
         "spec": spec,
         "name": name,
         "fingerprint": fingerprint,
         "slots": slots,
         "partitions": args.partitions or slots,
         "arrow_batch_size": arrow_batch,
-        "executor_fingerprints": seen,
+        "executor_fingerprints": None,
     }
+    return warm_model(spark, model, args, watch) if warm else model
+
+
+def warm_model(spark, model, args, watch):
+    """Load the model in every Python worker (unless ``--no-warm-up``); learn the fingerprint
+    from the executors when only they can see the model."""
+    if args.no_warm_up:
+        return model
+    with watch.stage("load_model"):
+        seen = warm_up(spark, model["kind"], model["spec"], model["slots"], args.torch_threads)
+    model["executor_fingerprints"] = seen
+    if model["fingerprint"] is None and len(seen) == 1:  # only the executors can see the model
+        model["fingerprint"] = seen[0]
+    return model

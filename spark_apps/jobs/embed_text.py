@@ -1,11 +1,14 @@
 """embed_text: sentence-transformers embeddings of a text column, in an iterator pandas UDF.
 
 Output Parquet: id, vector (array<float>, L2-normalized), model, model_fingerprint,
-text_sha256. Rows with a null text are skipped (and counted).
+text_sha256. Rows with a null text are skipped (and counted). With ``--previous``, rows whose
+text_sha256 and model fingerprint match the previous version are carried over (a join, not
+re-embedded) and the drift from that version is measured. Every run writes a manifest.
 
     python -m spark_apps.jobs.embed_text --input books.parquet --output embeddings.parquet \
-        --model /models/all-MiniLM-L6-v2
+        --model /models/all-MiniLM-L6-v2 [--previous runs/x/latest.json --latest runs/x/latest.json]
 """
+import json
 import os
 import sys
 
@@ -21,24 +24,48 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, inference, io, job, warmup
+from spark_apps.common import cli, drift, inference, io, job, manifest, storage, warmup
 
 JOB = "embed_text"
 # encode() sorts by length within what it is handed: a larger Arrow batch pads less (10k texts
 # + their vectors are ~20 MB). 5000 vs 2000 rows: 0.94x vs 0.89x bare encode (docs/benchmarks.md).
 DEFAULT_ARROW_BATCH = 10000
+VECTOR = T.ArrayType(T.FloatType(), containsNull=False)
 EMBEDDING = T.StructType(
-    [
-        T.StructField("vector", T.ArrayType(T.FloatType(), containsNull=False)),
-        T.StructField("model_fingerprint", T.StringType()),
-    ]
+    [T.StructField("vector", VECTOR), T.StructField("model_fingerprint", T.StringType())]
 )
 
 
 def parse_args(argv=None):
     parser = cli.base_parser(JOB, __doc__.split("\n\n")[0])
     cli.add_model_options(parser, batch_size=64)
+    group = parser.add_argument_group("versioning options")
+    group.add_argument(
+        "--previous",
+        help="the previous version: its embeddings Parquet, or a JSON pointer/manifest naming it (a "
+        "missing pointer: no previous version). Rows whose text_sha256 and model fingerprint match "
+        "are carried over instead of re-embedded; drift is measured against it",
+    )
+    group.add_argument(
+        "--manifest", default=None,
+        help="where to write the run's manifest JSON; default: manifest.json next to --output; none: skip",
+    )
+    group.add_argument("--latest", help="pointer JSON to (over)write with this version once it is complete")
+    group.add_argument(
+        "--drift-sample", type=cli.positive_int, default=drift.DEFAULT_SAMPLE,
+        help="rows sampled from each version for the drift figures",
+    )
+    group.add_argument(
+        "--upstream-metrics", type=json_object, default=None,
+        help="metrics JSON of the job that made the input (prepare_books), copied into the manifest",
+    )
     return parser.parse_args(argv)
+
+
+def json_object(text):
+    text = (text or "").strip()
+    value = json.loads(text) if text else None
+    return value if isinstance(value, dict) else None
 
 
 def embedding_udf(model_spec, batch_size, threads, encode_seconds):
@@ -52,45 +79,181 @@ def embedding_udf(model_spec, batch_size, threads, encode_seconds):
     return embed
 
 
-def embed(rows, embed_udf, model_name):
-    """The output columns; ``text_sha256`` with Spark's sha2 (UTF-8 bytes), no UDF."""
-    result = embed_udf(F.col("text"))
+def with_text_hash(rows):
+    """``text_sha256`` with Spark's sha2 (UTF-8 bytes), no UDF."""
+    return rows.select("id", "text", F.sha2(F.col("text"), 256).alias("text_sha256"))
+
+
+def previous_vectors(previous, model_fingerprint):
+    """``text_sha256``, ``previous_vector``: one vector per text the same model embedded before."""
+    same_model = previous.where(F.col("model_fingerprint") == F.lit(model_fingerprint))
+    return same_model.groupBy("text_sha256").agg(F.first("vector").alias("previous_vector"))
+
+
+def match_previous(rows, previous):
+    """Adds ``previous_vector`` (null: the row must be embedded)."""
+    if previous is None:
+        return rows.withColumn("previous_vector", F.lit(None).cast(VECTOR))
+    return rows.join(previous, on="text_sha256", how="left")
+
+
+def embed(rows, embed_udf, model_name, model_fingerprint=None):
+    """The output columns. Carried rows reach the UDF as a null text and keep their vector."""
+    carried = F.col("previous_vector").isNotNull()
+    result = embed_udf(F.when(~carried, F.col("text")))
     return rows.select(
         "id",
-        result.getField("vector").alias("vector"),
+        F.coalesce(F.col("previous_vector"), result.getField("vector")).alias("vector"),
         F.lit(model_name).alias("model"),
-        result.getField("model_fingerprint").alias("model_fingerprint"),
-        F.sha2(F.col("text"), 256).alias("text_sha256"),
+        F.when(carried, F.lit(model_fingerprint).cast("string"))
+        .otherwise(result.getField("model_fingerprint"))
+        .alias("model_fingerprint"),
+        "text_sha256",
     )
+
+
+def warm_once(spark, model, args, watch):
+    if model["executor_fingerprints"] is None:
+        warmup.warm_model(spark, model, args, watch)
+
+
+def load_previous(spark, warehouse, args, target, model, watch):
+    """The previous version: paths, its table and its same-model ``vectors``; or None. A reason
+    in ``note`` when nothing can be carried over."""
+    found = manifest.resolve_previous(spark, warehouse.path(args.previous), target) if args.previous else None
+    if found is None:
+        return None
+    if not storage.exists(spark, found["embeddings"]):
+        found["note"] = "previous embeddings not found: nothing carried over"
+        return found
+    if model["fingerprint"] is None:
+        warm_once(spark, model, args, watch)  # only the executors can tell the fingerprint
+    found["table"] = io.read_table(spark, found["embeddings"], "parquet")
+    if model["fingerprint"] is None:
+        found["note"] = "model fingerprint unknown (no warm-up): nothing carried over"
+    else:
+        found["vectors"] = previous_vectors(found["table"], model["fingerprint"])
+    return found
+
+
+def plan_rows(rows):
+    """Rows that will be carried over, counted before embedding: one cheap pass (join, no model)."""
+    counted = rows.agg(
+        F.sum(F.col("previous_vector").isNotNull().cast("long")).alias("carried_over"),
+    ).first()
+    return counted["carried_over"] or 0
+
+
+def measure_drift(spark, args, previous, target, plot_path, model):
+    """Drift figures of this version against the previous one, and the PNG next to the manifest."""
+    if previous is None or "table" not in previous:
+        return None, None
+    reference = previous["table"].where(F.col("model_fingerprint") == F.lit(model["fingerprint"]))
+    ref = drift.sample_vectors(reference, args.drift_sample, seed=1)
+    cur = drift.sample_vectors(io.read_table(spark, target, "parquet"), args.drift_sample, seed=2)
+    if min(len(ref), len(cur)) < 4:
+        return {"note": "too few rows with the same model for drift figures", "reference_rows": len(ref),
+                "current_rows": len(cur)}, None  # fmt: skip
+    figures = drift.compare(ref, cur)
+    png = drift.plot_png(ref, cur, figures, title="{}: previous vs current".format(model["name"])) if plot_path else None
+    if png is None:
+        return figures, None
+    storage.write_bytes(spark, plot_path, png)
+    return figures, plot_path
+
+
+def plan(spark, args, warehouse, source, target, watch):
+    """The model, the previous version, and the rows to write with their ``previous_vector``.
+    With a previous version the carried rows are counted first (one cheap pass), and the
+    warm-up runs only when some row needs the model."""
+    model = warmup.prepare_model(spark, args, "sentence-transformers", DEFAULT_ARROW_BATCH, watch, warm=False)
+    previous = load_previous(spark, warehouse, args, target, model, watch)
+    vectors = (previous or {}).get("vectors")
+    observed = Observation("embed_text_input")
+    rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
+    rows = match_previous(with_text_hash(rows), vectors)
+    carried = 0
+    if vectors is not None:
+        with watch.stage("plan"):
+            carried = plan_rows(rows)
+    if vectors is None or observed.get["rows_in"] - (observed.get["rows_null_text"] or 0) > carried:
+        warm_once(spark, model, args, watch)
+    return model, previous, rows, observed, carried
 
 
 def run(spark, args, warehouse, watch):
     source, target = warehouse.path(args.input), warehouse.path(args.output)
-    model = warmup.prepare_model(spark, args, "sentence-transformers", DEFAULT_ARROW_BATCH, watch)
+    model, previous, rows, observed, carried = plan(spark, args, warehouse, source, target, watch)
     encode_seconds = spark.sparkContext.accumulator(0.0)
-    observed = Observation("embed_text_input")
-    rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
     rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
     udf = embedding_udf(model["spec"], args.batch_size, args.torch_threads, encode_seconds)
-    with watch.stage("embed"):  # read + encode + write: one Spark action
-        io.write_parquet(embed(rows, udf, model["name"]), target)
+    with watch.stage("embed"):  # read + join + encode + write: one Spark action
+        io.write_parquet(embed(rows, udf, model["name"], model["fingerprint"]), target)
     counts = observed.get
-    embedded = counts["rows_in"] - (counts["rows_null_text"] or 0)
+    embedded = counts["rows_in"] - (counts["rows_null_text"] or 0) - carried
     seconds = watch.seconds["embed"]
-    return {
+    manifest_path = manifest_location(args, warehouse, target)
+    with watch.stage("drift"):
+        plot_path = manifest.parent(manifest_path) + "/drift.png" if manifest_path else None
+        figures, plot_path = measure_drift(spark, args, previous, target, plot_path, model)
+    result = {
         "input": source,
-        "outputs": {"embeddings": target},
+        "outputs": {"embeddings": target, "manifest": manifest_path, "drift_plot": plot_path,
+                    "latest": warehouse.path(args.latest) if args.latest and manifest_path else None},
         "model": model["name"],
         "model_fingerprint": model["fingerprint"],
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_embedded": embedded,
+        "rows_carried_over": carried,
+        "previous": {k: v for k, v in (previous or {}).items() if k in ("embeddings", "manifest", "note")} or None,
+        "drift": figures,
         "partitions": model["partitions"],
         "arrow_batch_size": model["arrow_batch_size"],
         "executor_model_fingerprints": model["executor_fingerprints"],
         "encode_task_seconds": round(encode_seconds.value, 3),
-        "rows_per_second": round(embedded / seconds, 1) if seconds else None,
-    }
+        "rows_per_second": round(embedded / seconds, 1) if seconds and embedded else None,
+    }  # fmt: skip
+    if manifest_path:
+        write_manifest(spark, args, result, watch)
+    return result
+
+
+def manifest_location(args, warehouse, target):
+    if args.manifest is None:
+        return manifest.default_location(target)
+    return None if cli.optional_text(args.manifest) is None else warehouse.path(args.manifest)
+
+
+def write_manifest(spark, args, result, watch):
+    """The run's manifest; then the ``--latest`` pointer, so it only ever names complete versions."""
+    seconds = dict(watch.seconds, total=watch.total())
+    doc = {
+        "manifest_version": manifest.VERSION,
+        "job": JOB,
+        "created_at": manifest.now(),
+        "model": {"name": result["model"], "fingerprint": result["model_fingerprint"], "spec": args.model,
+                  "executor_fingerprints": result["executor_model_fingerprints"]},
+        "parameters": {"batch_size": args.batch_size, "arrow_batch_size": result["arrow_batch_size"],
+                       "partitions": result["partitions"], "torch_threads": args.torch_threads,
+                       "id_column": args.id_column, "text_column": args.text_column,
+                       "drift_sample": args.drift_sample, "previous": args.previous},
+        "input": manifest.input_fingerprint(spark, result["input"], args.input_format or io.detect_format(result["input"])),
+        "rows": dict(manifest.upstream_rows(args.upstream_metrics), **{
+            "in": result["rows_in"], "skipped_null_text": result["rows_skipped_null_text"],
+            "embedded": result["rows_embedded"], "carried_over": result["rows_carried_over"],
+            "written": result["rows_embedded"] + result["rows_carried_over"]}),
+        "seconds": seconds,
+        "outputs": result["outputs"],
+        "previous": result["previous"],
+        "drift": result["drift"],
+        "upstream": args.upstream_metrics,
+        "evaluation": None,
+    }  # fmt: skip
+    storage.write_json(spark, result["outputs"]["manifest"], doc)
+    if result["outputs"]["latest"]:
+        manifest.write_pointer(spark, result["outputs"]["latest"], doc)
+    return doc
 
 
 def main(argv=None):
