@@ -9,9 +9,12 @@ over those vectors and from the sample lines themselves, never from the code und
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytest.importorskip("milvus_lite", reason="pymilvus[milvus-lite] is not installed")
 
@@ -113,3 +116,38 @@ def test_search_command_embeds_the_query_with_the_recorded_model(tmp_path, corpu
     assert search_cli.main([book["description"], "--k", "2", "--uri", str(db)]) == 0
     table = capsys.readouterr().out
     assert book["title"][:30] in table and "rank" in table
+
+
+def test_search_command_covers_mode_uses_the_clip_text_encoder(tmp_path, capsys):
+    """Real cover images (data/samples/covers) embedded by a tiny random CLIP (no CLIP weights
+    offline): the command's hits must equal numpy's exact search with the CLIP text vector."""
+    clip_code = pytest.importorskip("spark_apps.common.clip", reason="the CLIP helper's code is not here")
+    tiny = pytest.importorskip("devtools.tiny_models")
+    if not hasattr(tiny, "build_tiny_clip"):
+        pytest.skip("devtools.tiny_models cannot build a tiny CLIP")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+    from spark_apps.common.models import fingerprint
+
+    clip_dir = tmp_path / "tiny-clip"
+    tiny.build_tiny_clip(clip_dir)
+    clip = clip_code.load_clip(str(clip_dir))
+    covers = sorted((REPO / "data" / "samples" / "covers").glob("*/cover_with_title_700x1050.jpg"))
+    ids = [path.parent.name for path in covers]
+    vectors = clip_code.encode_images(clip, [Image.open(path) for path in covers])
+    pq.write_table(pa.table({
+        "id": ids, "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+        "model": ["tiny-clip"] * len(ids), "model_fingerprint": [fingerprint(str(clip_dir))] * len(ids),
+    }), tmp_path / "covers.parquet")  # fmt: skip
+    db = tmp_path / "covers.db"
+    with MilvusVectorStore(db) as store:
+        load_embeddings(store, tmp_path / "covers.parquet", alias="books_covers", version="v1",
+                        model_dir=str(clip_dir), model_kind="clip")  # fmt: skip
+    query = "a whale on a dark blue sea"
+    assert search_cli.main([query, "--mode", "covers", "--k", "3", "--uri", str(db), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["hits"]
+    scores = vectors @ clip_code.encode_texts(clip, [query])[0]
+    want = [ids[j] for j in np.argsort(-scores)[:3]]
+    assert [h["id"] for h in got] == want
+    np.testing.assert_allclose([h["score"] for h in got], np.sort(scores)[::-1][:3], atol=1e-5)
