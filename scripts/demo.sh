@@ -15,11 +15,14 @@ airflow db migrate > "$SPINDLE_HOME/logs/db-migrate.log" 2>&1
 # once. Its labels are noise; the pipeline (batching, generate, write) is the real one.
 t5_dir="$SPINDLE_HOME/models/tiny-t5"
 [ -f "$t5_dir/config.json" ] || python -m devtools.tiny_models t5 "$t5_dir"
+# The same for CLIP (real CLIP tokenizer, random weights): the nightly DAG's embed_images step.
+clip_dir="$SPINDLE_HOME/models/tiny-clip"
+[ -f "$clip_dir/preprocessor_config.json" ] || python -m devtools.tiny_models clip "$clip_dir"
 
 status=0
 echo ">> airflow dags test spindle_nightly_books"
 airflow dags test spindle_nightly_books \
-  -c '{"max_age_years": 40}' 2>&1 | tee "$SPINDLE_HOME/logs/spindle_nightly_books.log" || status=1
+  -c "{\"max_age_years\": 40, \"clip_model_path\": \"$clip_dir\"}" 2>&1 | tee "$SPINDLE_HOME/logs/spindle_nightly_books.log" || status=1
 echo ">> airflow dags test spindle_llm_transform"
 airflow dags test spindle_llm_transform \
   -c "{\"model_path\": \"$t5_dir\", \"limit\": 200}" 2>&1 | tee "$SPINDLE_HOME/logs/spindle_llm_transform.log" || status=1

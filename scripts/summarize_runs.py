@@ -61,6 +61,10 @@ def _print_metrics(metrics: dict) -> None:
     reasons = {reason: n for reason, n in (metrics.get("quarantine_reasons") or {}).items() if n}
     if reasons:
         print("      quarantined for: " + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())))
+    if "images_embedded" in metrics:  # embed_images: failures are counted per reason, never fatal
+        failed = ", ".join(f"{r} {n}" for r, n in sorted((metrics.get("failure_reasons") or {}).items()))
+        print(f"      images: embedded {metrics['images_embedded']}, failed {metrics['images_failed']}"
+              + (f" ({failed})" if failed else "") + f", rows without image {metrics.get('rows_skipped_no_image', 0)}")
     stages = metrics.get("seconds") or {}
     if stages:
         print("      stages: " + ", ".join(f"{name} {sec:.1f} s" for name, sec in stages.items()))

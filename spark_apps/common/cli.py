@@ -35,15 +35,17 @@ def base_parser(prog, description):
     return parser
 
 
-def add_model_options(parser, batch_size):
-    """Options of the model jobs (embed_text, llm_transform)."""
+def add_model_options(parser, batch_size, text_column=True):
+    """Options of the model jobs (embed_text, llm_transform, embed_images); returns the group.
+    ``text_column``: whether the job reads a text column (``--text-column``)."""
     group = parser.add_argument_group("model options")
     group.add_argument(
         "--input-format", choices=sorted(set(io.FORMATS.values())),
         help="input format; default: from the --input extension (.parquet, .csv, .jsonl)",
     )
     group.add_argument("--id-column", default="id", help="input column copied to the output as id")
-    group.add_argument("--text-column", default="text", help="input column with the text")
+    if text_column:
+        group.add_argument("--text-column", default="text", help="input column with the text")
     group.add_argument(
         "--model", required=True,
         help="model directory saved with save_pretrained, a .zip/.tar.gz of one (shipped with the "
@@ -73,6 +75,7 @@ def add_model_options(parser, batch_size):
     group.add_argument(
         "--torch-threads", type=positive_int, default=None, help="torch threads per task; default: spark.task.cpus"
     )
+    return group
 
 
 def positive_int(text):

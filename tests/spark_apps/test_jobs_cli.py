@@ -19,6 +19,8 @@ JOBS = {
     "embed_text": ["--id-column", "--text-column", "--model", "--model-name", "--batch-size",
                    "--arrow-batch-size", "--partitions"],
     "llm_transform": ["--model", "--prompt-template", "--max-new-tokens", "--output-column", "--batch-size"],
+    "embed_images": ["--id-column", "--cover-id-column", "--image-column", "--images-dir", "--url-template",
+                     "--model", "--timeout", "--retries", "--fetch-threads", "--batch-size"],
 }  # fmt: skip
 COMMON = ["--master", "--input", "--output", "--warehouse-conn-id"]
 

@@ -57,8 +57,9 @@ def check_backend() -> dict[str, Any]:
 
 
 def _job_kwargs(job: Any) -> dict[str, Any]:
-    """What a cloud job task copies from a local :class:`SparkAppJobOperator`."""
-    return {
+    """What a cloud job task copies from a local :class:`SparkAppJobOperator` (its
+    ``pre_execute`` hook too: a job skipped by a run condition is skipped on every lane)."""
+    kwargs = {
         "job": job.job,
         "job_args": job.job_args,
         "application_args": job.application_args,
@@ -67,6 +68,10 @@ def _job_kwargs(job: Any) -> dict[str, Any]:
         "task_cpus": job.task_cpus,
         "driver_memory": job.driver_memory,
     }
+    pre_execute = getattr(job, "_pre_execute_hook", None)
+    if pre_execute is not None:
+        kwargs["pre_execute"] = pre_execute
+    return kwargs
 
 
 def _yandex_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
@@ -137,7 +142,8 @@ def add_backend_lanes(
         or after ``after`` when given (tasks that must run before any lane, e.g. local prep).
     :param create: the local lane's create task (the branch's ``local`` target).
     :param jobs: the local lane's :class:`SparkAppJobOperator` tasks, in order.
-    :param model: XComArg of the local model directory to ship as an archive, or None.
+    :param model: XComArg of the local model directory to ship as an archive, a list of them
+        (one archive each; a None entry ships nothing), or None.
     :param inputs: XComArg(s) of local input paths to upload (unless ``upload_inputs`` is false).
     """
     groups: dict[str, TaskGroup] = {}

@@ -63,7 +63,8 @@ class StageSparkAppsOperator(BaseOperator):
         storage connection under ``conn_key``) (templated: ``check_backend``'s XCom).
     :param conn_key: which setting names the S3 connection (``s3_conn_id``, ``aws_conn_id``).
     :param scheme: URI scheme the cluster reads (``s3a`` on Data Proc, ``s3`` on EMR).
-    :param model_path: local model directory to ship (templated), or None.
+    :param model_path: local model directory to ship (templated), a list of them (the first
+        is unpacked as ``model``, the next as ``model2``, ...; None entries are left out), or None.
     :param input_paths: local inputs to upload unless ``upload_inputs`` is false (templated).
     """
 
@@ -109,14 +110,17 @@ class StageSparkAppsOperator(BaseOperator):
             if not path.is_file():
                 raise FileNotFoundError(f"no job {job!r}: {path} does not exist")
             staged["jobs"][job] = self._put(hook, path, f"{code}/jobs/{job}.py", bucket)
-        if self.model_path:
-            model_dir = Path(str(self.model_path))
-            archive = model_archive(model_dir)
+        models = self.model_path if isinstance(self.model_path, (list, tuple)) else [self.model_path]
+        for number, model_path in enumerate(models):
+            if not model_path or str(model_path) in staged["rewrites"]:
+                continue
+            alias = MODEL_ALIAS if number == 0 else f"{MODEL_ALIAS}{number + 1}"
+            archive = model_archive(Path(str(model_path)))
             uri = self._put(hook, archive, f"{prefix}/artifacts/models/{archive.name}", bucket)
-            staged["archives"].append(f"{uri}#{MODEL_ALIAS}")
-            staged["rewrites"][str(self.model_path)] = MODEL_ALIAS
+            staged["archives"].append(f"{uri}#{alias}")
+            staged["rewrites"][str(model_path)] = alias
         inputs = self.input_paths or []
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+        inputs = [v for v in ([inputs] if isinstance(inputs, str) else list(inputs)) if v]
         if settings.get("upload_inputs", True):
             run = context["ti"].run_id.replace(":", "_").replace("+", "_")
             for value in inputs:

@@ -1,0 +1,141 @@
+"""Cover embedding in the nightly DAG: the embed_images task on every lane, the check that plans
+it from the params, and the skip when covers are off."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from airflow_testenv import REPO
+
+DAG_ID = "spindle_nightly_books"
+
+
+@pytest.fixture
+def dag(dagbag):
+    return dagbag.dags[DAG_ID]
+
+
+def test_embed_images_runs_after_embed_text_on_every_lane(dag):
+    from spindle.covers import covers_enabled
+
+    images = dag.get_task("embed_images")
+    assert images.job == "embed_images"
+    assert "embed_text" in images.upstream_task_ids and "delete_cluster" in images.downstream_task_ids
+    assert images._pre_execute_hook is covers_enabled
+    assert {"check_backend"} <= dag.get_task("check_covers").upstream_task_ids
+    assert "check_covers" in dag.get_task("create_cluster").upstream_task_ids  # checked before any cluster
+    args = images.job_args
+    assert (args["model"].operator.task_id, args["model"].key) == ("check_covers", "model_path")
+    assert args["output"].key == "cover_embeddings"
+    for task_id in ("yandex.embed_images", "emr.embed_images_submit", "emr_serverless.embed_images"):
+        copy = dag.get_task(task_id)
+        assert copy.job == "embed_images" and copy._pre_execute_hook is covers_enabled, task_id
+    for lane in ("yandex", "emr", "emr_serverless"):
+        stage = dag.get_task(f"{lane}.stage")
+        assert "embed_images" in stage.jobs
+        assert [m.key for m in stage.model_path] == ["model_path", "model_path"]
+        assert [m.operator.task_id for m in stage.model_path] == ["check_params", "check_covers"]
+        assert "check_covers" in stage.upstream_task_ids
+    emr = dag.get_task("emr.embed_images")  # the step sensor: skipped with its submit task
+    assert "emr.embed_images_submit" in emr.upstream_task_ids and emr.trigger_rule == "all_success"
+
+
+def test_default_params_embed_covers_from_the_sample_folder(dag):
+    params = dag.params
+    assert params["embed_covers"] is True
+    assert params["covers_source"] == "data/samples/covers"
+    assert params["clip_model_path"] is None
+
+
+@pytest.fixture
+def clip_dir(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "preprocessor_config.json").write_text("{}")
+    return folder
+
+
+def test_plan_covers(clip_dir):
+    from spindle.covers import OPEN_LIBRARY_COVERS, plan_covers
+
+    base = {"embed_covers": True, "covers_source": "data/samples/covers", "clip_model_path": str(clip_dir)}
+    plan = plan_covers(base, environ={})
+    assert plan == {"enabled": True, "reason": None, "model_path": str(clip_dir),
+                    "images_dir": str(REPO / "data" / "samples" / "covers"), "url_template": None}  # fmt: skip
+
+    off = plan_covers({**base, "embed_covers": False}, environ={})
+    assert off["enabled"] is False and off["reason"] == "param 'embed_covers' is false"
+    none = plan_covers({**base, "clip_model_path": None}, environ={})
+    assert none["enabled"] is False and "param 'clip_model_path'" in none["reason"]
+    from_env = plan_covers({**base, "clip_model_path": None}, environ={"SPINDLE_CLIP_MODEL": str(clip_dir)})
+    assert from_env["enabled"] and from_env["model_path"] == str(clip_dir)
+
+    web = plan_covers({**base, "covers_source": OPEN_LIBRARY_COVERS}, environ={})
+    assert web["url_template"] == OPEN_LIBRARY_COVERS and web["images_dir"] is None
+    remote = plan_covers({**base, "covers_source": "s3a://bucket/covers"}, environ={})
+    assert remote["images_dir"] == "s3a://bucket/covers" and remote["url_template"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"covers_source": "data/no/such/folder"}, "param 'covers_source': data/no/such/folder is neither a folder"),
+        ({"covers_source": "https://example.org/cover.jpg"}, "param 'covers_source': the URL template"),
+        ({"clip_model_path": "data/samples"}, "param 'clip_model_path'"),
+    ],
+)
+def test_plan_covers_refuses_bad_params_by_name(clip_dir, change, message):
+    from spindle.covers import plan_covers
+    from spindle.pipelines import ParamCheckError
+
+    params = {"embed_covers": True, "covers_source": "data/samples/covers", "clip_model_path": str(clip_dir)}
+    with pytest.raises(ParamCheckError, match=message.replace("(", r"\(")):
+        plan_covers({**params, **change}, environ={})
+
+
+def test_covers_enabled_skips_with_the_reason():
+    from airflow.sdk.exceptions import AirflowSkipException
+    from spindle.covers import covers_enabled
+
+    def context(xcom):
+        ti = SimpleNamespace(xcom_pull=lambda task_ids, key: xcom.get(key))
+        return {"ti": ti}
+
+    covers_enabled(context({"enabled": True}))  # runs: no exception
+    with pytest.raises(AirflowSkipException, match="param 'embed_covers' is false"):
+        covers_enabled(context({"enabled": False, "reason": "param 'embed_covers' is false"}))
+
+
+def test_stage_ships_every_model_under_its_own_alias(tmp_path, monkeypatch):
+    """Two models (text + CLIP) in one lane: two archives, two aliases, paths rewritten."""
+    from spindle.backends import staging
+
+    models = []
+    for name in ("minilm", "clip"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        models.append(str(folder))
+    uploads = []
+
+    class Hook:
+        def check_for_key(self, key, bucket_name):
+            return False
+
+        def load_file(self, path, key, bucket_name, replace):
+            uploads.append(key)
+
+    monkeypatch.setattr(staging, "build_spark_apps_package", lambda log=None: tmp_path / "spark_apps.zip")
+    (tmp_path / "spark_apps.zip").write_bytes(b"zip")
+    monkeypatch.setattr(staging.StageSparkAppsOperator, "_hook", lambda self: Hook())
+    monkeypatch.setenv("SPINDLE_HOME", str(tmp_path / "home"))
+    operator = staging.StageSparkAppsOperator(
+        task_id="stage", jobs=["embed_images"], settings={"bucket": "b", "upload_inputs": False},
+        conn_key="aws_conn_id", model_path=[models[0], models[1], None], input_paths=[None],
+    )  # fmt: skip
+    staged = operator.execute({"ti": SimpleNamespace(run_id="r", dag_id="d")})
+    assert [a.rsplit("#", 1)[1] for a in staged["archives"]] == ["model", "model2"]
+    assert staged["rewrites"] == {models[0]: "model", models[1]: "model2"}
+    assert sum(key.startswith("spindle/artifacts/models/") for key in uploads) == 2
