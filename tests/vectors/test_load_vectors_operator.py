@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
@@ -105,3 +106,43 @@ def test_operator_skips_on_cloud_backends_and_refuses_missing_text(tmp_path, mon
         LoadVectorsOperator(task_id="t", sources=sources, backend="local").execute(CONTEXT)
     with pytest.raises(ValueError, match="unknown source keys"):
         LoadVectorsOperator(task_id="t", sources=[{"alias": "a", "embedings": "x"}])
+
+
+@pytest.fixture
+def milvus_server(tmp_path):
+    """A Milvus gRPC endpoint in its own process (milvus-lite's server mode), not a .db file."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = Path(sys.executable).with_name("milvus-lite")
+    proc = subprocess.Popen([str(exe), "server", "--data-dir", str(tmp_path / "server"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, "milvus-lite server exited"
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_operator_loads_into_a_server_named_by_host_and_port(milvus_server, monkeypatch, corpus):
+    conn = {"conn_type": "generic", "host": "127.0.0.1", "port": milvus_server, "password": TOKEN}
+    monkeypatch.setenv("AIRFLOW_CONN_SPINDLE_MILVUS", json.dumps(conn))
+    assert MilvusHook().endpoint()["uri"] == f"http://127.0.0.1:{milvus_server}"
+    folder = corpus["folder"]
+    sources = [{"alias": "books_text", "embeddings": str(folder / "embeddings.parquet")}]
+    result = LoadVectorsOperator(task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources).execute(CONTEXT)
+    assert result["rows_upserted"] == len(corpus["books"])
+    with MilvusHook().get_conn() as store:
+        assert not store.is_lite and store.count("books_text") == len(corpus["books"])
