@@ -23,6 +23,8 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 BACKENDS = ("local", "yandex", "emr", "emr_serverless")
+#: Data Proc cluster strategies (setting ``strategy``), see docs/CLOUD_BACKENDS.md.
+STRATEGIES = ("create_delete", "start_stop", "shared")
 VARIABLE_BACKEND = "spindle_backend"
 ENV_BACKEND = "SPINDLE_BACKEND"
 _REQUIRED = object()
@@ -78,10 +80,11 @@ SETTINGS: dict[str, dict[str, tuple[Any, Any, str]]] = {
         "strategy": (
             str,
             "create_delete",
-            "create_delete (a cluster per run) or start_stop "
-            "(start the persistent cluster cluster_id, stop it afterwards)",
+            "create_delete (a cluster per run), start_stop (start the persistent cluster "
+            "cluster_id, stop it afterwards) or shared (use the cluster DAG "
+            "spindle_shared_cluster_open published, release it afterwards)",
         ),
-        "cluster_id": ((str, type(None)), None, "the persistent cluster (strategy start_stop)"),
+        "cluster_id": ((str, type(None)), None, "the persistent cluster (strategy start_stop only)"),
         "master_ui_port": (int, 8088, "master UI port for the Spark UI link when UI Proxy is off"),
     },
     "emr": {
@@ -167,12 +170,17 @@ def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
     if backend == "yandex" and not errors:
         if not settings["ssh_public_keys"] and not settings["oslogin_enabled"]:
             errors.append("setting 'ssh_public_keys' is missing (or set 'oslogin_enabled': true)")
-        if settings["strategy"] not in ("create_delete", "start_stop"):
+        if settings["strategy"] not in STRATEGIES:
             errors.append(
-                f"setting 'strategy' must be create_delete or start_stop, not {settings['strategy']!r}"
+                f"setting 'strategy' must be one of {', '.join(STRATEGIES)}, not {settings['strategy']!r}"
             )
         elif settings["strategy"] == "start_stop" and not settings["cluster_id"]:
             errors.append("setting 'cluster_id' is missing (required by strategy start_stop)")
+        elif settings["strategy"] == "shared" and settings["cluster_id"]:
+            errors.append(
+                "setting 'cluster_id' must not be set with strategy shared: the cluster is the one "
+                "DAG spindle_shared_cluster_open published (asset spindle_shared_cluster)"
+            )
     if errors:
         raise BackendConfigError(f"backend {backend!r}: invalid {source}: " + "; ".join(errors))
     return settings

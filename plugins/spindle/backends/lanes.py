@@ -29,7 +29,8 @@ from typing import Any
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.definitions.taskgroup import TaskGroup
 
-from spindle.backends import config
+from spindle.backends import config, shared
+from spindle.backends.shared import SHARED_CLUSTER
 
 LANE_IDS = {"yandex": "yandex", "emr": "emr", "emr_serverless": "emr_serverless"}
 
@@ -46,11 +47,23 @@ def backend_param() -> Param:
     )
 
 
-@task(task_id="check_backend", multiple_outputs=True)
+@task(task_id="check_backend", multiple_outputs=True, inlets=[SHARED_CLUSTER])
 def check_backend() -> dict[str, Any]:
-    """Resolve the backend and validate its settings; fails naming the bad setting."""
-    params = get_current_context()["params"]
+    """Resolve the backend and validate its settings; fails naming the bad setting.
+
+    Data Proc ``strategy: shared``: also acquires the cluster DAG ``spindle_shared_cluster_open``
+    published (newest :data:`~spindle.backends.shared.SHARED_CLUSTER` event, hence the inlet),
+    failing here, before anything runs, when it is missing or stale; its id becomes the
+    settings' ``cluster_id``."""
+    context = get_current_context()
+    params = context["params"]
     resolved = config.resolve(params.get("backend"))
+    settings = resolved["settings"]
+    if resolved["backend"] == "yandex" and settings.get("strategy") == "shared":
+        acquired = shared.acquire(context["inlet_events"], settings, context["ti"].dag_id)
+        settings["cluster_id"] = acquired["cluster_id"]
+        print(f"Shared Data Proc cluster {acquired['cluster_id']} (opened by {acquired.get('opened_by')}, "
+              f"models {acquired['models']})")  # fmt: skip
     print(f"Backend {resolved['backend']!r} (chosen by {resolved['chosen_by']}); settings:\n"
           + json.dumps(resolved["settings"], indent=2, sort_keys=True))  # fmt: skip
     return resolved

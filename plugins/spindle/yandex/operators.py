@@ -224,7 +224,12 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
     backend's settings (``check_backend``'s XCom) and labelled with the DAG id, run id and TTL.
 
     With ``strategy: start_stop`` it starts the persistent cluster ``cluster_id`` instead
-    (``ClusterService.Start``) and returns that id. Returns the cluster id either way.
+    (``ClusterService.Start``) and returns that id; with ``strategy: shared`` it creates nothing
+    and returns the shared cluster's id (``check_backend`` acquired it, see
+    :mod:`spindle.backends.shared`). Returns the cluster id either way.
+
+    :param strategy: overrides the settings' ``strategy`` (``spindle_shared_cluster_open``
+        always creates).
     """
 
     template_fields: Sequence[str] = ("settings",)
@@ -232,10 +237,12 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
     operator_extra_links = (CloudConsoleLink(),)
     ui_color = "#e4f0e8"
 
-    def __init__(self, *, settings: Any, cluster_name: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Any, cluster_name: str | None = None, strategy: str | None = None,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         self.settings = settings
         self.requested_name = cluster_name
+        self.strategy = strategy
         self.console_url: str | None = None
 
     def apply_settings(self, context: Any) -> None:
@@ -273,7 +280,18 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
 
     def execute(self, context: Any) -> str:
         s = self.settings
-        if s.get("strategy") == "start_stop":
+        strategy = self.strategy or s.get("strategy")
+        if strategy == "shared":
+            cluster_id = s.get("cluster_id")
+            if not cluster_id:
+                raise ValueError("strategy 'shared' needs the cluster id check_backend acquires "
+                                 "(settings 'cluster_id' is empty): run this task after check_backend")  # fmt: skip
+            self.log.info("Using the shared Data Proc cluster %s (created by %s, not by this run)",
+                          cluster_id, "spindle_shared_cluster_open")  # fmt: skip
+            self.console_url = CONSOLE_URL.format(folder_id=s["folder_id"], cluster_id=cluster_id)
+            context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
+            return cluster_id
+        if strategy == "start_stop":
             hook = SpindleDataprocHook(yandex_conn_id=s["connection_id"])
             cluster_id = s["cluster_id"]
             status = hook.get_cluster(cluster_id).status
@@ -296,19 +314,37 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
 
 class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):
     """The provider's :class:`DataprocDeleteClusterOperator` (``cluster_id=create.output``);
-    with ``strategy: start_stop`` it stops the persistent cluster instead of deleting it."""
+    with ``strategy: start_stop`` it stops the persistent cluster instead of deleting it; with
+    ``strategy: shared`` it leaves the cluster running and *releases* it: an event on
+    ``spindle_shared_cluster_released`` through its outlet alias (see
+    :mod:`spindle.backends.shared`); the other strategies emit no event.
+
+    :param strategy: overrides the settings' ``strategy`` (the close DAG always deletes).
+    """
 
     template_fields: Sequence[str] = (*DataprocDeleteClusterOperator.template_fields, "settings")
     ui_color = "#f3e4e4"
 
-    def __init__(self, *, settings: Any, cluster_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Any, cluster_id: str, strategy: str | None = None, **kwargs: Any) -> None:
+        from spindle.backends.shared import RELEASE_ALIAS
+
+        kwargs.setdefault("outlets", [RELEASE_ALIAS])
         super().__init__(cluster_id=cluster_id, **kwargs)
         self.settings = settings
+        self.strategy = strategy
 
     def execute(self, context: Any) -> None:
         _require_cluster_id(self.cluster_id)
         self.yandex_conn_id = self.settings["connection_id"]
-        if self.settings.get("strategy") == "start_stop":
+        strategy = self.strategy or self.settings.get("strategy")
+        if strategy == "shared":
+            from spindle.backends.shared import release
+
+            ti = context["ti"]
+            extra = release(context["outlet_events"], str(self.cluster_id), ti.dag_id, ti.run_id)
+            self.log.info("Released the shared Data Proc cluster %s (left running; %s)", self.cluster_id, extra)
+            return
+        if strategy == "start_stop":
             SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id).stop_cluster(str(self.cluster_id))
             self.log.info("Stopped the persistent Data Proc cluster %s", self.cluster_id)
             return
