@@ -176,8 +176,8 @@ with DAG(
             {"alias": "books_text", "embeddings": plan["embeddings"], "model_dir": plan["model_path"],
              "model_kind": "sentence-transformers"},
             # CLIP cover vectors: loaded when the run wrote them, skipped otherwise.
-            {"alias": "books_covers", "embeddings": plan["cover_embeddings"], "model_kind": "clip",
-             "optional": True},
+            {"alias": "books_covers", "embeddings": plan["cover_embeddings"], "model_dir": covers["model_path"],
+             "model_kind": "clip", "optional": True},
         ],
         backend=check["backend"],  # other lanes' vectors are in their object store: skipped
         trigger_rule="none_failed",  # runs when optional upstreams (cover embedding) were skipped

@@ -95,6 +95,32 @@ def test_operator_loads_text_and_covers_and_reports_counts(tmp_path, monkeypatch
         assert store.collection_info(store.resolve_alias("books_covers")).prop("model_kind") == "clip"
 
 
+def test_optional_source_without_any_vector_is_skipped(tmp_path, monkeypatch, corpus, model_dir):
+    """The demo's covers: every image failed (each row has its error), so no vector at all."""
+    monkeypatch.delenv("AIRFLOW_CONN_SPINDLE_MILVUS", raising=False)
+    monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "none.db"))
+    books, folder = corpus["books"], corpus["folder"]
+    covers = tmp_path / "covers.parquet"
+    pq.write_table(pa.table({
+        "id": [b["id"] for b in books], "cover_id": pa.array([None] * len(books), pa.int64()),
+        "vector": pa.array([None] * len(books), pa.list_(pa.float32())),
+        "model": ["tiny-clip"] * len(books), "error": ["not_found: no file"] * len(books),
+    }), covers)  # fmt: skip
+    sources = [
+        {"alias": "books_text", "embeddings": str(folder / "embeddings.parquet"), "model_dir": model_dir},
+        {"alias": "books_covers", "embeddings": str(covers), "model_kind": "clip", "optional": True},
+    ]
+    result = LoadVectorsOperator(task_id="t", books=str(folder / "books.parquet"), sources=sources,
+                                 backend="local").execute(CONTEXT)  # fmt: skip
+    assert list(result["outputs"]) == ["books_text"]
+    assert result["loads"][1] == {"alias": "books_covers", "skipped": f"no vector in {covers}"}
+    from airflow.sdk.exceptions import AirflowFailException
+
+    sources[1]["optional"] = False
+    with pytest.raises(AirflowFailException, match="books_covers: the embeddings hold no vector"):
+        LoadVectorsOperator(task_id="t", sources=sources, backend="local").execute(CONTEXT)
+
+
 def test_operator_skips_on_cloud_backends_and_refuses_missing_text(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "skip.db"))
     sources = [{"alias": "books_text", "embeddings": str(tmp_path / "missing.parquet")}]

@@ -58,6 +58,10 @@ def open_parquet(path: str | Path) -> ds.Dataset:
     return ds.dataset(str(path), format="parquet", exclude_invalid_files=True)
 
 
+class NoVectorsError(VectorStoreError):
+    """The embeddings have rows but not one vector (e.g. every cover image failed)."""
+
+
 def first_row_meta(embeddings: ds.Dataset) -> dict[str, Any]:
     """Dimension, model and fingerprint, from the first row that has a vector."""
     columns = [c for c in ("vector", "model", "model_fingerprint") if c in embeddings.schema.names]
@@ -66,7 +70,7 @@ def first_row_meta(embeddings: ds.Dataset) -> dict[str, Any]:
             if row.get("vector"):
                 return {"dim": len(row["vector"]), "model": row.get("model"),
                         "model_fingerprint": row.get("model_fingerprint")}  # fmt: skip
-    raise VectorStoreError("the embeddings hold no vector: nothing to load")
+    raise NoVectorsError("the embeddings hold no vector: nothing to load")
 
 
 def book_payload(books_path: str | Path | None) -> pa.Table | None:

@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID
 from spindle.pipelines import local_path, warehouse_root
 from spindle.vectors.hook import DEFAULT_MILVUS_CONN_ID, MilvusHook
-from spindle.vectors.loading import load_embeddings
+from spindle.vectors.loading import NoVectorsError, load_embeddings
 from spindle.vectors.store import VectorStoreError, run_version
 
 SOURCE_KEYS = {"alias", "embeddings", "model_dir", "model_kind", "optional", "dataset"}
@@ -110,6 +110,11 @@ class LoadVectorsOperator(BaseOperator):
                 dataset=source.get("dataset") or "books", batch_size=self.batch_size,
                 index_type=self.index_type, switch_alias=self.switch_alias,
             )  # fmt: skip
+        except NoVectorsError as err:
+            if source.get("optional"):  # e.g. covers: every image failed, each row says why
+                self.log.info("%s: %s: %s: skipped", alias, path, err)
+                return {"alias": alias, "skipped": f"no vector in {path}"}
+            raise AirflowFailException(f"{alias}: {err}") from err
         except VectorStoreError as err:
             raise AirflowFailException(f"{alias}: {err}") from err
         self.log.info(
