@@ -7,7 +7,11 @@ skips itself on cloud lanes, whose outputs are in their object store).
 
 - **prepare_books** filters the Open Library editions dump (language, pages, subject, age) and
   builds the text to embed; malformed lines go to a quarantine output with the reason.
-- **embed_text** embeds that text with a sentence-transformers model in a pandas UDF.
+- **embed_text** embeds that text with a sentence-transformers model in a pandas UDF. It is
+  incremental (param `incremental`): texts whose hash and model fingerprint match the last
+  complete embeddings (named by the pointer `runs/spindle_nightly_books/latest.json`) are
+  carried over, not re-embedded. It writes `manifest.json` (model, input fingerprint, counts, timings,
+  drift from the previous version) and `drift.png`, then moves the `latest.json` pointer.
 - **embed_images** embeds the books' cover images with CLIP (`check_covers` plans it: params
   `embed_covers`, `covers_source`, `clip_model_path`); skipped when covers are off or no CLIP
   model is configured. A missing or broken cover is counted with its reason, never fatal.
@@ -45,6 +49,9 @@ from spindle.pipelines import (
     model_param,
     sizing_params,
 )
+
+# The newest complete embeddings version, rewritten by embed_text at the end of each run.
+LATEST = "runs/spindle_nightly_books/latest.json"
 
 with DAG(
     dag_id="spindle_nightly_books",
@@ -109,6 +116,11 @@ with DAG(
         **covers_params(),
         **sizing_params(),
         "backend": backend_param(),
+        "incremental": Param(
+            True, type="boolean", title="Incremental",
+            description="Carry over vectors of unchanged texts from the last complete run "
+            "(pointer runs/spindle_nightly_books/latest.json); off: embed every row again.",
+        ),
     },
 ) as dag:
     check = check_backend()
@@ -118,6 +130,7 @@ with DAG(
             "quarantine": "quarantine.parquet",
             "embeddings": "embeddings.parquet",
             "cover_embeddings": "cover_embeddings.parquet",
+            "manifest": "manifest.json",
         },
         model_kind="sentence-transformers",
     )
@@ -150,6 +163,11 @@ with DAG(
             "output": plan["embeddings"],
             "model": plan["model_path"],
             "batch_size": "{{ params.batch_size }}",
+            "manifest": plan["manifest"],
+            "previous": "{{ '" + LATEST + "' if params.incremental else '' }}",
+            "latest": LATEST,
+            # prepare_books' counts (read, kept, quarantined) for the manifest; same lane's task
+            "upstream_metrics": "{{ ti.xcom_pull(task_ids=ti.task_id | replace('embed_text', 'prepare_books')) | tojson }}",
         },
         **job_kwargs(),
     )
