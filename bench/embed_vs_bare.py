@@ -51,19 +51,30 @@ def bare_rate(model, texts, batch_size):
     return len(texts) / (time.perf_counter() - start)
 
 
-def job_rates(args, source, output, extra):
-    cmd = [sys.executable, "-m", "spark_apps.jobs.embed_text", "--master", args.master,
+def job_command(args, source, output, extra, job="embed_text"):
+    """``python -m spark_apps.jobs.<job>`` on ``args.master`` with the bench's Spark settings, and its env."""
+    cmd = [sys.executable, "-m", f"spark_apps.jobs.{job}", "--master", args.master,
            "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
            "--input", source, "--output", output, "--model", args.model,
            "--batch-size", str(args.batch_size), *extra]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return cmd, env
+
+
+def job_metrics(returncode, stdout, stderr, what="embed_text"):
+    """The job's ``SPINDLE_METRICS`` document; exits with the stderr tail if the job failed."""
+    if returncode != 0:
+        sys.exit(f"{what} failed ({returncode}):\n{stderr[-4000:]}")
+    line = next(x for x in stdout.splitlines() if x.startswith(METRICS_PREFIX))
+    return json.loads(line[len(METRICS_PREFIX):])
+
+
+def job_rates(args, source, output, extra):
+    cmd, env = job_command(args, source, output, extra)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"embed_text failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    line = next(x for x in result.stdout.splitlines() if x.startswith(METRICS_PREFIX))
-    metrics = json.loads(line[len(METRICS_PREFIX):])
+    metrics = job_metrics(result.returncode, result.stdout, result.stderr)
     rows = metrics["rows_embedded"]
     return {
         "stage_rps": rows / metrics["seconds"]["embed"],
