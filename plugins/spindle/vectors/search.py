@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -110,7 +111,15 @@ def open_store(uri: str | None = None) -> MilvusVectorStore:
         return MilvusVectorStore(uri)
     from spindle.vectors.hook import MilvusHook
 
-    return MilvusHook().get_conn()
+    quiet_logs()  # importing Airflow set up INFO logging to stdout: keep the command's output readable
+    endpoint = MilvusHook().endpoint()
+    return MilvusVectorStore(endpoint["uri"], token=endpoint["token"], db_name=endpoint["db_name"])
+
+
+def quiet_logs(level: int = logging.WARNING) -> None:
+    logging.getLogger().setLevel(level)
+    for name in ("airflow", "milvus_lite", "faiss", "pymilvus"):
+        logging.getLogger(name).setLevel(level)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
