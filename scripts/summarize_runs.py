@@ -19,7 +19,7 @@ from spindle.hooks.local_spark import LocalSparkClusterHook
 # Metric keys worth a line, in display order; a job prints those it has.
 COUNT_KEYS = (
     "rows_read", "rows_kept", "rows_filtered_out", "rows_quarantined",
-    "rows_in", "rows_embedded", "rows_transformed", "rows_skipped_null_text", "rows_upserted",
+    "rows_in", "rows_embedded", "rows_carried_over", "rows_transformed", "rows_skipped_null_text", "rows_upserted",
 )
 
 
