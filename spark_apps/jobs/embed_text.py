@@ -30,6 +30,7 @@ JOB = "embed_text"
 # encode() sorts by length within what it is handed: a larger Arrow batch pads less (10k texts
 # + their vectors are ~20 MB). 5000 vs 2000 rows: 0.94x vs 0.89x bare encode (docs/benchmarks.md).
 DEFAULT_ARROW_BATCH = 10000
+WARM_UP_MIN_ROWS = 1000  # incremental runs: below this many rows to embed, no warm-up stage
 VECTOR = T.ArrayType(T.FloatType(), containsNull=False)
 EMBEDDING = T.StructType(
     [T.StructField("vector", VECTOR), T.StructField("model_fingerprint", T.StringType())]
@@ -98,16 +99,22 @@ def match_previous(rows, previous):
 
 
 def embed(rows, embed_udf, model_name, model_fingerprint=None):
-    """The output columns. Carried rows reach the UDF as a null text and keep their vector."""
+    """The output columns. Carried rows reach the UDF as a null text and keep their vector;
+    without a UDF (every row carried over) no Python worker starts at all."""
     carried = F.col("previous_vector").isNotNull()
-    result = embed_udf(F.when(~carried, F.col("text")))
+    if embed_udf is None:
+        vector, fingerprint = F.col("previous_vector"), F.lit(model_fingerprint).cast("string")
+    else:
+        result = embed_udf(F.when(~carried, F.col("text")))
+        vector = F.coalesce(F.col("previous_vector"), result.getField("vector"))
+        fingerprint = F.when(carried, F.lit(model_fingerprint).cast("string")).otherwise(
+            result.getField("model_fingerprint")
+        )
     return rows.select(
         "id",
-        F.coalesce(F.col("previous_vector"), result.getField("vector")).alias("vector"),
+        vector.alias("vector"),
         F.lit(model_name).alias("model"),
-        F.when(carried, F.lit(model_fingerprint).cast("string"))
-        .otherwise(result.getField("model_fingerprint"))
-        .alias("model_fingerprint"),
+        fingerprint.alias("model_fingerprint"),
         "text_sha256",
     )
 
@@ -163,30 +170,34 @@ def measure_drift(spark, args, previous, target, plot_path, model):
 
 
 def plan(spark, args, warehouse, source, target, watch):
-    """The model, the previous version, and the rows to write with their ``previous_vector``.
-    With a previous version the carried rows are counted first (one cheap pass), and the
-    warm-up runs only when some row needs the model."""
+    """The model, the previous version, the rows to write with their ``previous_vector``, and
+    how many are carried over and to embed (None: not counted, no previous version). With a
+    previous version the carried rows are counted first (one cheap pass, no model), and the
+    warm-up runs only for a delta big enough to spread over every task slot."""
     model = warmup.prepare_model(spark, args, "sentence-transformers", DEFAULT_ARROW_BATCH, watch, warm=False)
     previous = load_previous(spark, warehouse, args, target, model, watch)
     vectors = (previous or {}).get("vectors")
     observed = Observation("embed_text_input")
     rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
     rows = match_previous(with_text_hash(rows), vectors)
-    carried = 0
+    carried, to_embed = 0, None
     if vectors is not None:
         with watch.stage("plan"):
             carried = plan_rows(rows)
-    if vectors is None or observed.get["rows_in"] - (observed.get["rows_null_text"] or 0) > carried:
-        warm_once(spark, model, args, watch)
-    return model, previous, rows, observed, carried
+        to_embed = observed.get["rows_in"] - (observed.get["rows_null_text"] or 0) - carried
+    if to_embed is None or to_embed >= WARM_UP_MIN_ROWS:
+        warm_once(spark, model, args, watch)  # a small delta loads the model lazily where it lands
+    return model, previous, rows, observed, carried, to_embed
 
 
 def run(spark, args, warehouse, watch):
     source, target = warehouse.path(args.input), warehouse.path(args.output)
-    model, previous, rows, observed, carried = plan(spark, args, warehouse, source, target, watch)
+    model, previous, rows, observed, carried, to_embed = plan(spark, args, warehouse, source, target, watch)
     encode_seconds = spark.sparkContext.accumulator(0.0)
-    rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
-    udf = embedding_udf(model["spec"], args.batch_size, args.torch_threads, encode_seconds)
+    udf = None
+    if to_embed != 0:
+        rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
+        udf = embedding_udf(model["spec"], args.batch_size, args.torch_threads, encode_seconds)
     with watch.stage("embed"):  # read + join + encode + write: one Spark action
         io.write_parquet(embed(rows, udf, model["name"], model["fingerprint"]), target)
     counts = observed.get
