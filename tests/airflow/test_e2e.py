@@ -245,6 +245,19 @@ def assert_vectors_loaded(result: RunResult, embeddings: list[dict[str, Any]]) -
         assert [h[0].id for h in hits] == [row["id"] for row in embeddings[:3]]
 
 
+def assert_version_recorded(result: RunResult, run_folder: Path, embeddings: list[dict[str, Any]]) -> None:
+    """embed_text wrote the run's manifest (with prepare_books' counts, from XCom through the
+    templated job args) and moved the ``latest`` pointer to this run's embeddings."""
+    manifest = json.loads((run_folder / "manifest.json").read_text())
+    prepared = result.xcom("prepare_books")
+    assert (manifest["rows"]["read"], manifest["rows"]["kept"], manifest["rows"]["quarantined"]) == (
+        prepared["rows_read"], prepared["rows_kept"], prepared["rows_quarantined"])  # fmt: skip
+    assert manifest["rows"]["written"] == len(embeddings)
+    assert manifest["model"]["fingerprint"] == embeddings[0]["model_fingerprint"]
+    pointer = json.loads((WAREHOUSE / "runs" / "spindle_nightly_books" / "latest.json").read_text())
+    assert pointer["embeddings"] == str(run_folder / "embeddings.parquet")
+
+
 def parquet_rows(path: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
@@ -301,6 +314,7 @@ def test_nightly_books_end_to_end(nightly_run, api_client):
     assert books and len(embeddings) == len(books)
     assert all(len(row["vector"]) == 384 for row in embeddings)  # all-MiniLM-L6-v2
     assert_vectors_loaded(result, embeddings)
+    assert_version_recorded(result, run_folder, embeddings)
     assert isinstance(result.xcom("prepare_books"), dict) and isinstance(result.xcom("embed_text"), dict)
     # the driver's output reached the task log
     assert "SPINDLE_METRICS" in result.output and "Connected to Spark cluster with app ID" in result.output
