@@ -167,7 +167,7 @@ with DAG(
             "previous": "{{ '" + LATEST + "' if params.incremental else '' }}",
             "latest": LATEST,
             # prepare_books' counts (read, kept, quarantined) for the manifest; same lane's task
-            "upstream_metrics": "{{ ti.xcom_pull(task_ids=ti.task_id | replace('embed_text', 'prepare_books')) | tojson }}",
+            "upstream_metrics": "{{ ti.xcom_pull(task_ids=ti.task_id | replace('_submit', '') | replace('embed_text', 'prepare_books')) | tojson }}",
         },
         **job_kwargs(),
     )

@@ -148,6 +148,9 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
 
     template_fields: Sequence[str] = (*EmrAddStepsOperator.template_fields, *JobSpec.spec_template_fields)
     template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json", "steps": "json"}
+    # The steps are built in execute(), never read from a file: without this, a job argument that
+    # ends in ".json" (the incremental pointer) would be loaded as a Jinja template file.
+    template_ext: Sequence[str] = ()
 
     def __init__(self, *, job: str, staged: Any, settings: Any, job_flow_id: Any, job_args=None,
                  application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
