@@ -32,13 +32,27 @@ def warm_up_batches(batches, kind, model_spec, threads=None):
         yield pd.Series([model_fingerprint] * len(batch), dtype=object)
 
 
-def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
+# PySpark turns every output array into a Python list before building Arrow (~18 KB a row for
+# 384 floats), so a 10,000-row batch would cost ~180 MiB at once; the JVM pairs output rows with
+# input rows one by one, so a scalar-iterator UDF may yield in smaller slices. See docs/benchmarks.md.
+OUTPUT_SLICE_ROWS = 1000
+
+
+def output_slices(frame, rows=None):
+    """``frame`` in consecutive slices of at most ``rows`` (default ``OUTPUT_SLICE_ROWS``) rows."""
+    rows = rows or OUTPUT_SLICE_ROWS
+    for start in range(0, len(frame), rows):
+        yield frame.iloc[start:start + rows].reset_index(drop=True)
+
+
+def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, output_rows=None):
     """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint)]``.
 
     The whole Arrow batch goes to one ``encode`` call: sentence-transformers sorts it by
     length before cutting ``batch_size`` chunks, so larger Arrow batches pad less. A null text
     (a row carried over from the previous version) gets a null vector and fingerprint; the model
     is loaded at the first row that needs it, so a batch of carried rows costs nothing.
+    Results come out in slices of at most ``output_rows`` rows (see ``OUTPUT_SLICE_ROWS``).
     """
     import numpy as np
     import pandas as pd
@@ -62,12 +76,14 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None):
         if on_batch is not None:
             on_batch(time.perf_counter() - start, int(present.sum()))
         if present.all():
-            yield pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
-            continue
-        column = np.full(len(texts), None, dtype=object)
-        for row, vector in zip(np.flatnonzero(present), vectors):
-            column[row] = vector
-        yield pd.DataFrame({"vector": column, "model_fingerprint": np.where(present, model_fingerprint, None)})
+            frame = pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
+        else:
+            column = np.full(len(texts), None, dtype=object)
+            for row, vector in zip(np.flatnonzero(present), vectors):
+                column[row] = vector
+            frame = pd.DataFrame({"vector": column, "model_fingerprint": np.where(present, model_fingerprint, None)})
+        for piece in output_slices(frame, output_rows):
+            yield piece
 
 
 def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512):

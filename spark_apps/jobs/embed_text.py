@@ -27,9 +27,10 @@ from pyspark.sql import types as T
 from spark_apps.common import cli, drift, inference, io, job, manifest, storage, warmup
 
 JOB = "embed_text"
-# encode() sorts by length within what it is handed: a larger Arrow batch pads less (10k texts
-# + their vectors are ~20 MB). 5000 vs 2000 rows: 0.94x vs 0.89x bare encode (docs/benchmarks.md).
-DEFAULT_ARROW_BATCH = 10000
+# encode() sorts by length within what it is handed: a larger Arrow batch pads less. 2000 / 5000 /
+# 10000 rows: 0.89x / 0.94x / 0.93x bare encode; 5000 keeps the worker's memory per batch half of
+# 10000's (docs/benchmarks.md).
+DEFAULT_ARROW_BATCH = 5000
 WARM_UP_MIN_ROWS = 1000  # incremental runs: below this many rows to embed, no warm-up stage
 VECTOR = T.ArrayType(T.FloatType(), containsNull=False)
 EMBEDDING = T.StructType(

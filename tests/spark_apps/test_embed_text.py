@@ -89,3 +89,20 @@ def test_sts_dev_spearman_through_the_job(run_job, tmp_path, minilm_path):
     cosine = [float(np.dot(vectors[ids[a]], vectors[ids[b]])) for _, a, b in pairs]
     rho = spearman(cosine, [score for score, _, _ in pairs])
     assert abs(rho - STS_SPEARMAN) <= 0.002, rho
+
+
+def test_udf_body_yields_small_slices_in_input_order(minilm_path, bare_model):
+    """The UDF body's output slices (kept small for memory) concatenate back to the input's rows:
+    vectors equal bare ``encode``, a null text keeps its place with a null vector."""
+    from spark_apps.common import inference
+
+    texts = [s for _, a, b in read_sts()[:4] for s in (a, b)]
+    batches = [pd.Series(texts[:3] + [None] + texts[3:5]), pd.Series(texts[5:])]
+    pieces = list(inference.embed_batches(iter(batches), minilm_path, batch_size=4, output_rows=2))
+
+    assert [len(p) for p in pieces] == [2, 2, 2, 2, 1]
+    frame = pd.concat(pieces, ignore_index=True)
+    assert frame["vector"].isna().tolist() == [False] * 3 + [True] + [False] * 5
+    got = np.stack(frame["vector"].dropna().to_numpy())
+    expected = bare_model.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
