@@ -8,7 +8,9 @@ import hashlib
 import os
 import threading
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# an ONNX export folder (spark_apps/common/onnx_encoder.py) has no PyTorch weights: its fingerprint
+# is the file the loader runs, the int8 copy when there is one
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model_int8.onnx", "model.onnx")
 MODEL_MARKERS = ("config.json", "modules.json")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 
@@ -189,6 +191,13 @@ def _quiet_transformers():
 
 
 def load_sentence_transformer(model_dir):
+    """A ``SentenceTransformer``, or an ``OnnxEncoder`` when ``model_dir`` is an ONNX export
+    (same ``encode`` call; see spark_apps/common/onnx_encoder.py)."""
+    from spark_apps.common import onnx_encoder
+
+    onnx_file = onnx_encoder.model_file(model_dir)
+    if onnx_file:
+        return onnx_encoder.OnnxEncoder(model_dir, onnx_file, threads=task_cpus())
     from sentence_transformers import SentenceTransformer
 
     _quiet_transformers()

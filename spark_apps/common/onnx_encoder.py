@@ -10,7 +10,8 @@ copy (``onnxruntime.quantization.quantize_dynamic``: int8 weights, activations q
 time).
 
 The exported folder is self-contained (``model.onnx``, ``model_int8.onnx``, the tokenizer files,
-``1_Pooling``) and can be shipped like any model folder or archive.
+``1_Pooling``) and can be shipped like any model folder or archive: ``embed_text --model FOLDER``
+then encodes with ONNX Runtime (the int8 file when the folder has one), fingerprinted by that file.
 
     python -m spark_apps.common.onnx_encoder export MODEL_DIR OUT_DIR [--quantize]
 
@@ -71,6 +72,14 @@ def export(model_dir, out_dir, quantize=False, opset=17):
         quantize_dynamic(os.path.join(out_dir, ONNX_FILE), os.path.join(out_dir, INT8_FILE),
                          weight_type=QuantType.QInt8)  # fmt: skip
     return out_dir
+
+
+def model_file(folder):
+    """The ONNX file an export folder is run with (the int8 copy when there is one), or None."""
+    for name in (INT8_FILE, ONNX_FILE):
+        if os.path.isfile(os.path.join(folder, name)):
+            return name
+    return None
 
 
 class OnnxEncoder:

@@ -3,6 +3,7 @@ dev Spearman of vectors embedded through the job."""
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,3 +107,41 @@ def test_udf_body_yields_small_slices_in_input_order(minilm_path, bare_model):
     got = np.stack(frame["vector"].dropna().to_numpy())
     expected = bare_model.encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def onnx_exports(minilm_path, tmp_path_factory):
+    """MiniLM exported once (fp32 + int8), and an fp32-only copy of the folder."""
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from spark_apps.common import onnx_encoder
+
+    both = onnx_encoder.export(minilm_path, str(tmp_path_factory.mktemp("onnx") / "minilm"), quantize=True)
+    fp32 = shutil.copytree(both, str(tmp_path_factory.mktemp("onnx") / "minilm-fp32"))
+    (Path(fp32) / onnx_encoder.INT8_FILE).unlink()
+    return {"fp32": fp32, "int8": both}
+
+
+@pytest.mark.parametrize("variant, min_cosine", [("fp32", 0.9999), ("int8", 0.9)])
+def test_an_onnx_export_folder_runs_through_the_job(run_job, tmp_path, onnx_exports, bare_model, variant, min_cosine):
+    """``--model`` pointing at an ONNX export: the job encodes with ONNX Runtime (fingerprint =
+    the ONNX file it ran, the int8 one when present); vectors agree with PyTorch's."""
+    folder = Path(onnx_exports[variant])
+    texts = [s for _, a, b in read_sts()[:40] for s in (a, b)]
+    source = tmp_path / "texts.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+
+    metrics = run_job(embed_text, ["--input", source, "--output", tmp_path / "emb.parquet", "--model", folder])
+
+    onnx_file = "model_int8.onnx" if variant == "int8" else "model.onnx"
+    expected_fingerprint = "sha256:" + hashlib.sha256((folder / onnx_file).read_bytes()).hexdigest()
+    assert metrics["model_fingerprint"] == expected_fingerprint
+    assert metrics["executor_model_fingerprints"] == [expected_fingerprint]
+    out = pd.read_parquet(tmp_path / "emb.parquet").set_index("id").loc[[f"d{i}" for i in range(len(texts))]]
+    got = np.stack(out["vector"].to_numpy()).astype(np.float64)
+    expected = bare_model.encode(texts, normalize_embeddings=True).astype(np.float64)
+    cosine = (got * expected).sum(axis=1)
+    assert cosine.min() >= min_cosine, cosine.min()
+    if variant == "int8":
+        assert cosine.min() < 0.9999  # really the quantized file, not the fp32 one
