@@ -43,6 +43,8 @@ sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.p
 import baselines  # noqa: E402
 from embed_vs_bare import REPO, bare_rate, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
+from spark_apps.jobs.llm_transform import DEFAULT_PROMPT  # noqa: E402  (the job's prompt, as the job builds it)
+
 LLM_SIZES = (32, 64, 128, 256)  # --llm-batch-size choices
 DOCS = REPO / "docs" / "benchmarks.md"
 PUBLISHED_SPEARMAN = 0.8672  # all-MiniLM-L6-v2 on STS Benchmark dev (bench/onnx_backend.py)
@@ -316,7 +318,7 @@ def run(args):
             contenders["llm-row"] = lambda: suite.baselines(
                 ["llm-row"], llm_corpus, tiny_t5, extra=["--max-new-tokens", str(args.max_new_tokens)])
             # the same pair in this process, no Spark: what batching alone buys generate here
-            prompts = ["sentiment of the text: " + text for text in rows_of(sentences, min(args.llm_rows, 2000))]
+            prompts = [DEFAULT_PROMPT.replace("{text}", text) for text in rows_of(sentences, min(args.llm_rows, 2000))]
             contenders["llm-bare"] = lambda: {"llm-bare": {"rows": len(prompts), "stage_rps": generate_rate(tiny_t5, prompts, 16, args)}}
             contenders["llm-bare-row"] = lambda: {"llm-bare-row": {"rows": len(prompts) // 4, "stage_rps": generate_rate(
                 tiny_t5, prompts[: len(prompts) // 4], 1, args)}}
