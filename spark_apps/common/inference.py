@@ -82,8 +82,7 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, 
             for row, vector in zip(np.flatnonzero(present), vectors):
                 column[row] = vector
             frame = pd.DataFrame({"vector": column, "model_fingerprint": np.where(present, model_fingerprint, None)})
-        for piece in output_slices(frame, output_rows):
-            yield piece
+        yield from output_slices(frame, output_rows)
 
 
 def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512):
