@@ -21,8 +21,9 @@ import os
 
 import pendulum
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, get_current_context, task
-from spindle.backends import config, shared
-from spindle.backends.shared import SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
+from spindle.backends import config
+from spindle.yandex import shared
+from spindle.yandex.shared import SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
 from spindle.yandex.operators import SpindleDataprocDeleteClusterOperator
 
 DEADLINE = os.environ.get("SPINDLE_SHARED_CLUSTER_DEADLINE") or "0 9 * * *"

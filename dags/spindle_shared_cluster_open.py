@@ -25,8 +25,9 @@ import os
 
 import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
-from spindle.backends import config, shared
-from spindle.backends.shared import LABEL_SHARED, SHARED_CLUSTER, SHARED_MODEL_DAGS
+from spindle.backends import config
+from spindle.yandex import shared
+from spindle.yandex.shared import LABEL_SHARED, SHARED_CLUSTER, SHARED_MODEL_DAGS
 from spindle.yandex.operators import SpindleDataprocCreateClusterOperator
 
 with DAG(

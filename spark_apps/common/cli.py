@@ -27,6 +27,11 @@ def base_parser(prog, description):
         help="Airflow connection id resolved from $SPINDLE_SECRETS_SOURCE; its extra.root is the "
         "root of relative paths, its login/password the store's credentials",
     )
+    common.add_argument(
+        "--metrics-output",
+        help="also write the job's metrics as JSON to this path or URI (cloud tasks read them "
+        "from object storage: a cluster-mode driver's stdout reaches no one in time)",
+    )
     common.add_argument("--app-name", help="Spark application name; default: spindle.<job>")
     common.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE",

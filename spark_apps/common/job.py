@@ -1,13 +1,16 @@
 """The frame every job runs in: session, warehouse, timing, the metrics line, clean stop."""
-from spark_apps.common import cli, metrics, session
+from spark_apps.common import cli, environment, metrics, session, storage
 
 
-def run_job(job, args, body, conf=None):
-    """Run ``body(spark, args, warehouse, watch) -> dict`` and print its metrics line.
+def run_job(job, args, body, conf=None, requires=()):
+    """Run ``body(spark, args, warehouse, watch) -> dict``, print its metrics line and, with
+    ``--metrics-output``, write them there too (object storage: what a cloud task reads).
 
-    ``conf``: Spark properties the job needs (``--conf`` values win). The session is stopped
-    only when this call created it, so tests and notebooks can reuse theirs.
+    ``conf``: Spark properties the job needs (``--conf`` values win). ``requires``: modules the
+    job imports, checked before Spark starts. The session is stopped only when this call
+    created it, so tests and notebooks can reuse theirs.
     """
+    environment.require(job, requires)
     watch = metrics.Stopwatch()
     warehouse = cli.Warehouse.from_args(args)
     spark_conf = dict(conf or {})
@@ -20,6 +23,8 @@ def run_job(job, args, body, conf=None):
         result.setdefault("seconds", {}).update(watch.seconds)
         result["seconds"]["total"] = watch.total()
         metrics.emit(result)
+        if getattr(args, "metrics_output", None):
+            storage.write_json(spark, warehouse.path(args.metrics_output), result)
         return result
     finally:
         if owned:

@@ -34,6 +34,8 @@ from pyspark.sql import types as T
 from spark_apps.common import cli, clip, images, io, job, warmup
 
 JOB = "embed_images"
+# Checked on the driver before Spark starts: they come with the cluster environment.
+REQUIRES = ("torch", "transformers", "PIL")
 KIND = "clip"
 # Images are held (compressed) for a whole Arrow batch while they are fetched concurrently.
 DEFAULT_ARROW_BATCH = 256
@@ -286,7 +288,7 @@ def run(spark, args, warehouse, watch):
 
 
 def main(argv=None):
-    return job.run_job(JOB, parse_args(argv), run)
+    return job.run_job(JOB, parse_args(argv), run, requires=REQUIRES)
 
 
 if __name__ == "__main__":

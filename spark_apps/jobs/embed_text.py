@@ -27,6 +27,8 @@ from pyspark.sql import types as T
 from spark_apps.common import cli, drift, inference, io, job, manifest, storage, warmup
 
 JOB = "embed_text"
+# Checked on the driver before Spark starts: they come with the cluster environment.
+REQUIRES = ("torch", "transformers", "sentence_transformers")
 # encode() sorts by length within what it is handed: a larger Arrow batch pads less. 2000 / 5000 /
 # 10000 rows: 0.89x / 0.94x / 0.93x bare encode; 5000 keeps the worker's memory per batch half of
 # 10000's (docs/benchmarks.md).
@@ -269,7 +271,7 @@ def write_manifest(spark, args, result, watch):
 
 
 def main(argv=None):
-    return job.run_job(JOB, parse_args(argv), run)
+    return job.run_job(JOB, parse_args(argv), run, requires=REQUIRES)
 
 
 if __name__ == "__main__":

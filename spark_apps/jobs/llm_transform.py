@@ -26,6 +26,8 @@ from pyspark.sql import types as T
 from spark_apps.common import cli, inference, io, job, warmup
 
 JOB = "llm_transform"
+# Checked on the driver before Spark starts: they come with the cluster environment.
+REQUIRES = ("torch", "transformers")
 PLACEHOLDER = "{text}"
 DEFAULT_PROMPT = "sentiment of the text: {text}"
 DEFAULT_ARROW_BATCH = 256  # generation is slow per row: smaller batches balance tasks better
@@ -120,7 +122,7 @@ def run(spark, args, warehouse, watch):
 
 
 def main(argv=None):
-    return job.run_job(JOB, parse_args(argv), run)
+    return job.run_job(JOB, parse_args(argv), run, requires=REQUIRES)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import BUCKET, FOLDER_ID, run_nightly, set_backend_settings
 
-from spindle.backends import shared
-from spindle.backends.shared import RELEASE_ALIAS, SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
+from spindle.yandex import shared
+from spindle.yandex.shared import RELEASE_ALIAS, SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
 
 pytestmark = pytest.mark.timeout(900)
 

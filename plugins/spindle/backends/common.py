@@ -11,6 +11,7 @@ arguments by their remote URI or archive alias.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperatorLink
 
+from spindle.backends import environment
 from spindle.hooks.spark_app import parse_metrics_line
 from spindle.operators.spark_app import DEFAULT_CONF, job_args_to_cli
 
@@ -64,13 +66,37 @@ def rewrite_args(args: Sequence[str], rewrites: Mapping[str, str]) -> list[str]:
     return [rewrites.get(str(a), str(a)) for a in args]
 
 
+def spark_conf_mapping(conf: Any) -> dict[str, str]:
+    """The run's ``spark_conf`` (a mapping, or its rendered JSON string) as Spark properties."""
+    if isinstance(conf, str):
+        conf = json.loads(conf) if conf.strip() else {}
+    if not isinstance(conf, Mapping):
+        raise ValueError(f"conf must be a mapping of Spark properties, got {type(conf).__name__}")
+    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.items()}
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip() for item in str(value).split(",") if item.strip()]
+
+
+def _merged(*lists: Sequence[str]) -> list[str]:
+    """Concatenation without repeats, first occurrence kept."""
+    return list(dict.fromkeys(item for items in lists for item in items))
+
+
 class JobSpec:
-    """The cluster-independent part of a job task (mixin for the backends' job operators)."""
+    """The cluster-independent part of a job task (mixin for the backends' job operators).
+
+    A backend's job operator sets :attr:`driver_env_prefix` to the property its service reads
+    the driver's environment from (YARN: ``spark.yarn.appMasterEnv.``, EMR Serverless:
+    ``spark.emr-serverless.driverEnv.``); executors always get ``spark.executorEnv.``.
+    """
 
     spec_template_fields: Sequence[str] = (
         "job_args", "application_args", "executor_cores", "executor_memory", "task_cpus",
-        "driver_memory", "staged", "settings",
+        "driver_memory", "staged", "settings", "conf",
     )  # fmt: skip
+    driver_env_prefix = "spark.yarn.appMasterEnv."
 
     def init_spec(
         self,
@@ -84,9 +110,11 @@ class JobSpec:
         executor_memory: int | str | None = None,
         task_cpus: int | str | None = None,
         driver_memory: int | str | None = None,
+        conf: Mapping[str, Any] | str | None = None,
     ) -> None:
         """``settings``: the backend's settings (``check_backend``'s XCom): warehouse
-        connection, secrets source, executor count and extra Spark properties come from it."""
+        connection, secrets source, executor count and extra Spark properties come from it.
+        ``conf``: the run's Spark properties (param ``spark_conf``), applied after the settings'."""
         self.job = job
         self.staged = staged
         self.settings = settings
@@ -96,7 +124,9 @@ class JobSpec:
         self.executor_memory = executor_memory
         self.task_cpus = task_cpus
         self.driver_memory = driver_memory
+        self.conf = conf
         self.metrics: dict[str, Any] | None = None
+        self.metrics_uri: str | None = None
 
     def setting(self, key: str, default: Any = None) -> Any:
         value = (self.settings or {}).get(key)
@@ -109,17 +139,65 @@ class JobSpec:
         except (KeyError, TypeError):
             raise ValueError(f"the stage task uploaded no job file for {self.job!r}") from None
 
-    def cli_args(self) -> list[str]:
-        args = [str(a) for a in (self.application_args or [])] + job_args_to_cli(self.job_args)
-        args = rewrite_args(args, (self.staged or {}).get("rewrites", {}))
+    def _raw_args(self) -> list[str]:
+        return [str(a) for a in (self.application_args or [])] + job_args_to_cli(self.job_args)
+
+    def cli_args(self, context: Mapping[str, Any] | None = None) -> list[str]:
+        """The job's arguments with uploaded local paths replaced by their remote URI or archive
+        alias, plus the warehouse connection and, given the task's ``context``, where the job
+        writes its metrics (:meth:`metrics_location`)."""
+        args = rewrite_args(self._raw_args(), (self.staged or {}).get("rewrites", {}))
         warehouse_conn_id = self.setting("warehouse_conn_id")
         if warehouse_conn_id:
             args += ["--warehouse-conn-id", warehouse_conn_id]
+        if context is not None:
+            self.metrics_uri = self.metrics_location(context)
+            args += ["--metrics-output", self.metrics_uri]
         return args
 
+    def metrics_location(self, context: Mapping[str, Any]) -> str:
+        """``<scheme>://<bucket>/<prefix>/metrics/<dag>/<run>/<task>.try<n>.json``: one object per
+        try, so a retry never reads the metrics of the try before."""
+        from spindle.pipelines import run_key
+
+        staged, ti = self.staged or {}, context["ti"]
+        return (f"{staged.get('scheme', 's3')}://{staged['bucket']}/{staged['prefix']}/metrics/{ti.dag_id}/"
+                f"{run_key(ti.run_id)}/{ti.task_id}.try{ti.try_number}.json")  # fmt: skip
+
+    def model_archives(self) -> list[str]:
+        """``uri#alias`` of the staged models this job's arguments name: a job ships only the
+        models it uses."""
+        models = (self.staged or {}).get("models", {})
+        used = set(self._raw_args())
+        return [archive for local, archive in models.items() if local in used]
+
+    def environment_archive(self) -> str | None:
+        """The cluster environment (``uri#environment``) for jobs that run a model; a job without
+        one (prepare_books) runs on the image's own Python and ships nothing."""
+        environment = (self.staged or {}).get("environment")
+        return environment if environment and self.model_archives() else None
+
+    def job_env(self) -> dict[str, str]:
+        """Environment of the driver and the executors: the secrets *reference* (never a value),
+        no model hub, and the shipped interpreter when the environment goes along."""
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        secrets_source = self.setting("secrets_source")
+        if secrets_source:
+            env["SPINDLE_SECRETS_SOURCE"] = secrets_source
+        if self.environment_archive():
+            env["PYSPARK_PYTHON"] = environment.PYTHON
+        return env
+
+    def _user_properties(self) -> dict[str, str]:
+        props = {str(k): str(v) for k, v in self.setting("spark_properties", {}).items()}
+        props.update(spark_conf_mapping(self.conf or {}))
+        return props
+
     def spark_properties(self) -> dict[str, str]:
-        """Sizing and defaults as Spark properties; the secrets *reference* reaches the driver
-        (cluster mode: the application master's env) and the executors as an env variable."""
+        """Sizing, the job's environment through this service's knobs, then the settings' and
+        the run's properties. Archive and py-file lists are not here: :meth:`archives` and
+        :meth:`py_files` merge the user's into Spindle's, so a user's ``spark.archives`` never
+        replaces the environment or a model."""
         props: dict[str, str] = {k: v for k, v in DEFAULT_CONF.items() if k != "spark.ui.showConsoleProgress"}
         sizing = {
             "spark.executor.cores": self.executor_cores,
@@ -129,27 +207,49 @@ class JobSpec:
             "spark.driver.memory": memory(self.driver_memory),
         }
         props.update({k: str(v) for k, v in sizing.items() if v not in (None, "")})
-        secrets_source = self.setting("secrets_source")
-        if secrets_source:
-            props["spark.yarn.appMasterEnv.SPINDLE_SECRETS_SOURCE"] = secrets_source
-            props["spark.executorEnv.SPINDLE_SECRETS_SOURCE"] = secrets_source
-        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            props[f"spark.yarn.appMasterEnv.{key}"] = "1"
-        props.update({str(k): str(v) for k, v in self.setting("spark_properties", {}).items()})
+        for key, value in self.job_env().items():
+            props[self.driver_env_prefix + key] = value
+            props["spark.executorEnv." + key] = value
+        props.update({k: v for k, v in self._user_properties().items() if k not in LIST_PROPERTIES})
         return props
 
     def py_files(self) -> list[str]:
-        return list((self.staged or {}).get("py_files", []))
+        user = _split_list(self._user_properties().get("spark.submit.pyFiles", ""))
+        return _merged((self.staged or {}).get("py_files", []), user)
 
     def archives(self) -> list[str]:
-        return list((self.staged or {}).get("archives", []))
+        """The environment, this job's models, then the user's ``spark.archives`` /
+        ``spark.yarn.dist.archives``: merged, never overwritten."""
+        user = self._user_properties()
+        own = [self.environment_archive()] if self.environment_archive() else []
+        return _merged(own, self.model_archives(), _split_list(user.get("spark.archives", "")),
+                       _split_list(user.get("spark.yarn.dist.archives", "")))  # fmt: skip
 
     def read_metrics(self, log_text: str) -> dict[str, Any] | None:
+        """Metrics from a driver log (the local lane and tests; cloud tasks read the bucket)."""
         for line in log_text.splitlines():
             found = parse_metrics_line(line)
             if found is not None:
                 self.metrics = found
         return self.metrics
+
+    def fetch_metrics(self, s3_conn_id: str) -> dict[str, Any]:
+        """The metrics the job wrote to :attr:`metrics_uri`, through the amazon provider's S3 hook;
+        fails naming the object when the job wrote none (it failed before its end)."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        if not self.metrics_uri:
+            raise RuntimeError("no metrics location: cli_args() was not given the task context")
+        bucket, key = S3Hook.parse_s3_url(self.metrics_uri.replace("s3a://", "s3://", 1))
+        hook = S3Hook(aws_conn_id=s3_conn_id)
+        if not hook.check_for_key(key, bucket_name=bucket):
+            raise RuntimeError(f"job {self.job!r} ended without writing its metrics to {self.metrics_uri}")
+        self.metrics = json.loads(hook.read_key(key, bucket_name=bucket))
+        return self.metrics
+
+
+#: Spark properties holding comma-separated lists Spindle fills too (merged, see JobSpec).
+LIST_PROPERTIES = ("spark.archives", "spark.yarn.dist.archives", "spark.submit.pyFiles")
 
 
 def copy_log_to_task_log(log, text: str, title: str) -> None:

@@ -9,7 +9,7 @@ Backend choice, first that is set wins:
 
 Settings of a cloud backend: Airflow Variable ``spindle_backend_<backend>`` holding a JSON
 object (so also env ``AIRFLOW_VAR_SPINDLE_BACKEND_<BACKEND>``, or any secrets backend that
-serves variables: Lockbox, Secrets Manager). :data:`SETTINGS` lists every setting: required
+serves variables: Lockbox, Secrets Manager). :data:`COMMON` and each backend's ``settings`` (:mod:`.registry`) list every setting: required
 ones have no default; unknown keys and wrong types are refused, naming the setting.
 """
 
@@ -22,98 +22,44 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-BACKENDS = ("local", "yandex", "emr", "emr_serverless")
-#: Data Proc cluster strategies (setting ``strategy``), see docs/CLOUD_BACKENDS.md.
-STRATEGIES = ("create_delete", "start_stop", "shared")
+from spindle.backends import environment, registry
+from spindle.backends.registry import REQUIRED
+
+BACKENDS = ("local", *registry.names())
 VARIABLE_BACKEND = "spindle_backend"
 ENV_BACKEND = "SPINDLE_BACKEND"
-_REQUIRED = object()
+_REQUIRED = REQUIRED
 
 
 def settings_variable(backend: str) -> str:
     return f"spindle_backend_{backend}"
 
 
-#: backend -> setting -> (type(s), default or _REQUIRED, description)
-_COMMON: dict[str, tuple[Any, Any, str]] = {
-    "bucket": (str, _REQUIRED, "object storage bucket for the job code, model archive and logs"),
+#: Settings every cloud backend has: setting -> (type(s), default or REQUIRED, description).
+COMMON: dict[str, tuple[Any, Any, str]] = {
+    "bucket": (str, _REQUIRED, "object storage bucket for the job code, environment, models, inputs and logs"),
     "prefix": (str, "spindle", "key prefix inside the bucket"),
+    "environment": (str, _REQUIRED, "where the model jobs' Python packages come from: 'build' (packed here "
+                    "from requirements-cluster.txt; the cluster's OS and Python must match this machine's), "
+                    "the s3:// URI of an archive built for the cluster image (docs/CLOUD_BACKENDS.md), or "
+                    "'provided' (the image, a bootstrap action or pip_packages has them)"),
     "ttl_hours": ((int, float), 6, "the reaper deletes what a run created after this many hours"),
-    "upload_inputs": (bool, True, "upload local input files to the bucket; false when the cluster "
-                      "shares this machine's filesystem (the local fakes)"),
-    "warehouse_conn_id": (str, "spindle_warehouse", "connection the jobs resolve their warehouse root from"),
+    "upload_inputs": (bool, True, "upload local input files to the bucket (content-addressed); false only "
+                      "when the cluster can read the input paths as given"),
+    "warehouse_conn_id": (str, "spindle_warehouse", "connection whose extra.root (an s3:// or s3a:// URI "
+                          "in the bucket) is the root of the jobs' outputs"),
     "secrets_source": ((str, type(None)), None, "where jobs on the cluster resolve connections: "
-                       "lockbox://<secret-id>, aws-sm://<prefix>, file:///path (shared filesystem)"),
+                       "lockbox://<secret-id>, aws-sm://<prefix>"),
     "spark_properties": (dict, {}, "extra Spark properties for every job"),
     "num_executors": ((int, type(None)), None, "spark.executor.instances"),
+    "log_wait_seconds": ((int, float), 300, "how long a job task waits for the service's late upload of "
+                         "the driver log before giving up on copying it (the result never depends on it)"),
 }  # fmt: skip
 
-SETTINGS: dict[str, dict[str, tuple[Any, Any, str]]] = {
-    "local": {},
-    "yandex": {
-        **_COMMON,
-        "connection_id": (str, "yandexcloud_default", "Yandex Cloud connection (credentials, endpoint)"),
-        "s3_conn_id": (
-            str,
-            "yandex_object_storage",
-            "AWS-type connection for Object Storage "
-            "(endpoint_url https://storage.yandexcloud.net in its extra)",
-        ),
-        "folder_id": (str, _REQUIRED, "folder the cluster is created in"),
-        "zone": (str, "ru-central1-a", "availability zone"),
-        "subnet_id": (str, _REQUIRED, "subnet of every cluster host"),
-        "service_account_id": (str, _REQUIRED, "service account of the cluster (bucket and Lockbox access)"),
-        "ssh_public_keys": (list, [], "SSH keys put on the hosts (or oslogin_enabled: true)"),
-        "oslogin_enabled": (bool, False, "OS Login instead of SSH keys"),
-        "image_version": (str, "2.1", "Data Proc image version"),
-        "masternode_resource_preset": (str, "s3-c2-m8", "host class of the master"),
-        "datanode_resource_preset": (str, "s3-c4-m16", "host class of the data nodes"),
-        "datanode_count": (int, 1, "data nodes"),
-        "computenode_resource_preset": ((str, type(None)), None, "host class of the compute nodes"),
-        "computenode_count": (int, 0, "compute nodes"),
-        "disk_size_gb": (int, 64, "disk size of every host, GiB"),
-        "ui_proxy": (bool, True, "enable UI Proxy (the Spark UI link uses it)"),
-        "security_group_ids": (list, [], "security groups"),
-        "log_group_id": ((str, type(None)), None, "Cloud Logging group"),
-        "cluster_properties": (dict, {}, "cluster properties, e.g. spark:spark.sql.shuffle.partitions"),
-        "pip_packages": (dict, {}, "pip packages installed on every host, name -> version spec"),
-        "strategy": (
-            str,
-            "create_delete",
-            "create_delete (a cluster per run), start_stop (start the persistent cluster "
-            "cluster_id, stop it afterwards) or shared (use the cluster DAG "
-            "spindle_shared_cluster_open published, release it afterwards)",
-        ),
-        "cluster_id": ((str, type(None)), None, "the persistent cluster (strategy start_stop only)"),
-        "master_ui_port": (int, 8088, "master UI port for the Spark UI link when UI Proxy is off"),
-    },
-    "emr": {
-        **_COMMON,
-        "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
-        "region_name": ((str, type(None)), None, "AWS region (default: the connection's)"),
-        "release_label": (str, "emr-7.5.0", "EMR release"),
-        "instance_type": (str, "m5.xlarge", "instance type of the master and core nodes"),
-        "core_instance_count": (int, 1, "core nodes"),
-        "ec2_subnet_id": ((str, type(None)), None, "subnet of the cluster"),
-        "job_flow_role": (str, "EMR_EC2_DefaultRole", "instance profile of the nodes"),
-        "service_role": (str, "EMR_DefaultRole", "EMR service role"),
-        "log_uri": ((str, type(None)), None, "S3 log location (default s3://<bucket>/<prefix>/logs/emr/)"),
-        "step_poke_interval": ((int, float), 30, "seconds between step state checks"),
-    },
-    "emr_serverless": {
-        **_COMMON,
-        "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
-        "region_name": ((str, type(None)), None, "AWS region (default: the connection's)"),
-        "release_label": (str, "emr-7.5.0", "EMR release"),
-        "execution_role_arn": (str, _REQUIRED, "IAM role the job runs as"),
-        "log_uri": (
-            (str, type(None)),
-            None,
-            "S3 log location (default s3://<bucket>/<prefix>/logs/emr-serverless/)",
-        ),
-        "waiter_delay": (int, 30, "seconds between job state checks"),
-    },
-}
+
+def settings_schema(backend: str) -> dict[str, tuple[Any, Any, str]]:
+    """Every setting of a cloud backend: the common ones, then its own."""
+    return {**COMMON, **registry.get(backend).settings}
 
 
 class BackendConfigError(AirflowFailException):
@@ -137,7 +83,7 @@ def _is_type(value: Any, types: Any) -> bool:
 def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
     """Settings with defaults filled in; raises :class:`BackendConfigError` naming every
     missing, unknown or mistyped setting."""
-    schema = SETTINGS[backend]
+    schema = settings_schema(backend)
     if raw is None:
         raw = {}
     if isinstance(raw, str):
@@ -167,20 +113,11 @@ def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
             errors.append(f"setting {key!r} is empty ({description})")
             continue
         settings[key] = value
-    if backend == "yandex" and not errors:
-        if not settings["ssh_public_keys"] and not settings["oslogin_enabled"]:
-            errors.append("setting 'ssh_public_keys' is missing (or set 'oslogin_enabled': true)")
-        if settings["strategy"] not in STRATEGIES:
-            errors.append(
-                f"setting 'strategy' must be one of {', '.join(STRATEGIES)}, not {settings['strategy']!r}"
-            )
-        elif settings["strategy"] == "start_stop" and not settings["cluster_id"]:
-            errors.append("setting 'cluster_id' is missing (required by strategy start_stop)")
-        elif settings["strategy"] == "shared" and settings["cluster_id"]:
-            errors.append(
-                "setting 'cluster_id' must not be set with strategy shared: the cluster is the one "
-                "DAG spindle_shared_cluster_open published (asset spindle_shared_cluster)"
-            )
+    if not errors:
+        problem = environment.check_setting(settings["environment"])
+        if problem:
+            errors.append(f"setting 'environment' {problem}")
+        errors += registry.get(backend).validate(settings)
     if errors:
         raise BackendConfigError(f"backend {backend!r}: invalid {source}: " + "; ".join(errors))
     return settings
@@ -220,7 +157,7 @@ def resolve(param: str | None) -> dict[str, Any]:
             raise BackendConfigError(
                 f"backend {backend!r} (chosen by {chosen_by}) needs its settings: {source} is not set; "
                 f"required settings: "
-                + ", ".join(k for k, (_, d, _) in SETTINGS[backend].items() if d is _REQUIRED)
+                + ", ".join(k for k, (_, d, _) in settings_schema(backend).items() if d is _REQUIRED)
             )
         settings = validate_settings(backend, raw, source)
     return {"backend": backend, "chosen_by": chosen_by, "settings": settings}

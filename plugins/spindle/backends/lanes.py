@@ -23,16 +23,13 @@ still picks the lane.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.definitions.taskgroup import TaskGroup
 
-from spindle.backends import config, shared
-from spindle.backends.shared import SHARED_CLUSTER
-
-LANE_IDS = {"yandex": "yandex", "emr": "emr", "emr_serverless": "emr_serverless"}
+from spindle.backends import config, registry
 
 
 def backend_param() -> Param:
@@ -47,23 +44,22 @@ def backend_param() -> Param:
     )
 
 
-@task(task_id="check_backend", multiple_outputs=True, inlets=[SHARED_CLUSTER])
-def check_backend() -> dict[str, Any]:
-    """Resolve the backend and validate its settings; fails naming the bad setting.
+def _check_inlets() -> list[Any]:
+    return [inlet for name in registry.names() for inlet in registry.get(name).check_inlets]
 
-    Data Proc ``strategy: shared``: also acquires the cluster DAG ``spindle_shared_cluster_open``
-    published (newest :data:`~spindle.backends.shared.SHARED_CLUSTER` event, hence the inlet),
-    failing here, before anything runs, when it is missing or stale; its id becomes the
-    settings' ``cluster_id``."""
+
+@task(task_id="check_backend", multiple_outputs=True, inlets=_check_inlets())
+def check_backend() -> dict[str, Any]:
+    """Resolve the backend and validate its settings; fails naming the bad setting. Then the
+    backend's own check step (``Backend.on_check``: Data Proc ``strategy: shared`` acquires
+    the published cluster here, hence the inlets)."""
     context = get_current_context()
     params = context["params"]
     resolved = config.resolve(params.get("backend"))
-    settings = resolved["settings"]
-    if resolved["backend"] == "yandex" and settings.get("strategy") == "shared":
-        acquired = shared.acquire(context["inlet_events"], settings, context["ti"].dag_id)
-        settings["cluster_id"] = acquired["cluster_id"]
-        print(f"Shared Data Proc cluster {acquired['cluster_id']} (opened by {acquired.get('opened_by')}, "
-              f"models {acquired['models']})")  # fmt: skip
+    if resolved["backend"] != "local":
+        on_check = registry.get(resolved["backend"]).on_check
+        if on_check is not None:
+            on_check(context, resolved["settings"])
     print(f"Backend {resolved['backend']!r} (chosen by {resolved['chosen_by']}); settings:\n"
           + json.dumps(resolved["settings"], indent=2, sort_keys=True))  # fmt: skip
     return resolved
@@ -80,61 +76,12 @@ def _job_kwargs(job: Any) -> dict[str, Any]:
         "executor_memory": job.executor_memory,
         "task_cpus": job.task_cpus,
         "driver_memory": job.driver_memory,
+        "conf": job.conf,
     }
     pre_execute = getattr(job, "_pre_execute_hook", None)
     if pre_execute is not None:
         kwargs["pre_execute"] = pre_execute
     return kwargs
-
-
-def _yandex_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
-    from spindle.backends.staging import StageSparkAppsOperator
-    from spindle.yandex.operators import (
-        SpindleDataprocCreateClusterOperator,
-        SpindleDataprocDeleteClusterOperator,
-        SpindleDataprocPysparkJobOperator,
-    )
-
-    settings = check["settings"]
-    stage = StageSparkAppsOperator(
-        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="s3_conn_id",
-        scheme="s3a", model_path=model, input_paths=inputs,
-    )  # fmt: skip
-    create = SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings)
-    previous = create
-    for job in jobs:
-        run = SpindleDataprocPysparkJobOperator(
-            task_id=job.task_id, cluster_id=create.output, staged=stage.output, settings=settings,
-            **_job_kwargs(job),
-        )  # fmt: skip
-        previous >> run
-        previous = run
-    delete = SpindleDataprocDeleteClusterOperator(
-        task_id="delete_cluster", cluster_id=create.output, settings=settings,
-    )  # fmt: skip
-    stage >> create
-    previous >> delete
-    delete.as_teardown(setups=create)
-    return stage, create, delete
-
-
-def _emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
-    from spindle.aws.lanes import emr_lane
-
-    return emr_lane(check, jobs, model, inputs, _job_kwargs)
-
-
-def _emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any) -> tuple[Any, Any, Any]:
-    from spindle.aws.lanes import emr_serverless_lane
-
-    return emr_serverless_lane(check, jobs, model, inputs, _job_kwargs)
-
-
-LANE_BUILDERS: dict[str, Callable[..., tuple[Any, Any, Any]]] = {
-    "yandex": _yandex_lane,
-    "emr": _emr_lane,
-    "emr_serverless": _emr_serverless_lane,
-}
 
 
 def add_backend_lanes(
@@ -146,7 +93,7 @@ def add_backend_lanes(
     jobs: Sequence[Any],
     model: Any = None,
     inputs: Any = None,
-    backends: Sequence[str] = ("yandex", "emr", "emr_serverless"),
+    backends: Sequence[str] | None = None,
 ) -> dict[str, TaskGroup]:
     """Add the cloud lanes to the DAG being defined (call it inside ``with DAG(...)``).
 
@@ -158,12 +105,14 @@ def add_backend_lanes(
     :param model: XComArg of the local model directory to ship as an archive, a list of them
         (one archive each; a None entry ships nothing), or None.
     :param inputs: XComArg(s) of local input paths to upload (unless ``upload_inputs`` is false).
+    :param backends: which cloud lanes to add (default: every backend of the registry).
     """
+    backends = registry.names() if backends is None else tuple(backends)
     groups: dict[str, TaskGroup] = {}
     firsts: dict[str, str] = {"local": create.task_id}
     for backend in backends:
-        with TaskGroup(group_id=LANE_IDS[backend], tooltip=f"{backend} backend") as group:
-            stage, _, _ = LANE_BUILDERS[backend](check, jobs, model, inputs)
+        with TaskGroup(group_id=backend, tooltip=registry.get(backend).title) as group:
+            stage, _, _ = registry.get(backend).build_lane(check, jobs, model, inputs, _job_kwargs)
         groups[backend] = group
         firsts[backend] = stage.task_id
 

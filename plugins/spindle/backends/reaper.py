@@ -5,7 +5,9 @@ Every create is labelled (Data Proc labels, EMR / EMR Serverless tags) with
 and ``spindle-ttl-hours``. A resource is *expired* when it is older than its own TTL label (or
 than ``ttl_hours`` when the reaper is given one). Only live resources are considered (Data Proc
 clusters not being deleted, EMR job flows not terminated, Serverless applications not
-terminated). Dry run by default: the report says what *would* be deleted.
+terminated). Dry run by default: the report says what *would* be deleted. Each backend's
+folder lists and deletes its own resources (``Backend.reap``, see :mod:`.registry`); this module
+has the verdict (:func:`finding`) and the report.
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from spindle.backends import registry
 from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_TTL
-
-EMR_LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
-SERVERLESS_LIVE = ["CREATING", "CREATED", "STARTING", "STARTED", "STOPPING", "STOPPED"]
-
 
 @dataclass
 class Finding:
@@ -34,8 +33,9 @@ class Finding:
     error: str | None = None
 
 
-def _finding(backend: str, resource_id: str, name: str, labels: dict[str, str], now: float,
-             ttl_override: float | None) -> Finding | None:  # fmt: skip
+def finding(backend: str, resource_id: str, name: str, labels: dict[str, str], now: float,
+            ttl_override: float | None) -> Finding | None:  # fmt: skip
+    """The verdict on one resource with these labels; None when Spindle did not create it."""
     if labels.get(LABEL_MANAGED) != "true":
         return None
     try:
@@ -49,90 +49,6 @@ def _finding(backend: str, resource_id: str, name: str, labels: dict[str, str], 
     age = (now - created) / 3600 if created else float("inf")
     return Finding(backend, resource_id, name, labels.get(LABEL_DAG, ""), labels.get(LABEL_RUN, ""),
                    round(age, 2), ttl, age > ttl)  # fmt: skip
-
-
-def reap_yandex(settings: dict[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Finding]:
-    import yandex.cloud.dataproc.v1.cluster_pb2 as cluster_pb
-
-    from spindle.yandex.hooks import SpindleDataprocHook
-
-    hook = SpindleDataprocHook(yandex_conn_id=settings["connection_id"])
-    findings = []
-    for cluster in hook.list_clusters(settings["folder_id"]):
-        if cluster.status == cluster_pb.Cluster.STATUS_UNKNOWN:
-            continue
-        found = _finding("yandex", cluster.id, cluster.name, dict(cluster.labels), now, ttl_override)
-        if found is None:
-            continue
-        if found.expired:
-            found.action = "would delete" if dry_run else "deleted"
-            if not dry_run:
-                try:
-                    hook.dataproc_client.delete_cluster(cluster.id)
-                except Exception as err:
-                    found.action, found.error = "delete failed", str(err)
-        findings.append(found)
-    return findings
-
-
-def _aws_client(settings: dict[str, Any], service: str):
-    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-    return AwsBaseHook(aws_conn_id=settings["aws_conn_id"], client_type=service,
-                       region_name=settings.get("region_name")).get_conn()  # fmt: skip
-
-
-def reap_emr(settings: dict[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Finding]:
-    emr = _aws_client(settings, "emr")
-    findings = []
-    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=EMR_LIVE):
-        for summary in page["Clusters"]:
-            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
-            tags = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
-            found = _finding("emr", cluster["Id"], cluster.get("Name", ""), tags, now, ttl_override)
-            if found is None:
-                continue
-            if found.expired:
-                found.action = "would terminate" if dry_run else "terminated"
-                if not dry_run:
-                    try:
-                        emr.terminate_job_flows(JobFlowIds=[cluster["Id"]])
-                    except Exception as err:
-                        found.action, found.error = "terminate failed", str(err)
-            findings.append(found)
-    return findings
-
-
-def reap_emr_serverless(settings: dict[str, Any], dry_run: bool, ttl_override: float | None,
-                        now: float) -> list[Finding]:  # fmt: skip
-    client = _aws_client(settings, "emr-serverless")
-    findings = []
-    for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE):
-        for summary in page["applications"]:
-            app = client.get_application(applicationId=summary["id"])["application"]
-            found = _finding("emr_serverless", app["applicationId"], app.get("name", ""), app.get("tags", {}),
-                             now, ttl_override)  # fmt: skip
-            if found is None:
-                continue
-            if found.expired:
-                found.action = "would delete" if dry_run else "deleted"
-                if not dry_run:
-                    try:
-                        if app["state"] not in ("CREATED", "STOPPED"):
-                            client.stop_application(applicationId=app["applicationId"])
-                            for _ in range(120):
-                                state = client.get_application(applicationId=app["applicationId"])
-                                if state["application"]["state"] == "STOPPED":
-                                    break
-                                time.sleep(5)
-                        client.delete_application(applicationId=app["applicationId"])
-                    except Exception as err:
-                        found.action, found.error = "delete failed", str(err)
-            findings.append(found)
-    return findings
-
-
-REAPERS = {"yandex": reap_yandex, "emr": reap_emr, "emr_serverless": reap_emr_serverless}
 
 
 def reap(backends: list[str], dry_run: bool = True, ttl_hours: float | None = None,
@@ -151,7 +67,8 @@ def reap(backends: list[str], dry_run: bool = True, ttl_hours: float | None = No
             report["skipped"][backend] = f"Airflow Variable {variable!r} is not set"
             continue
         settings = validate_settings(backend, raw, f"Airflow Variable {variable!r}")
-        report["findings"] += [asdict(f) for f in REAPERS[backend](settings, dry_run, ttl_hours, now)]
+        found = registry.get(backend).reap(settings, dry_run, ttl_hours, now)
+        report["findings"] += [asdict(f) for f in found]
     print(format_report(report))
     return report
 

@@ -226,7 +226,7 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
     With ``strategy: start_stop`` it starts the persistent cluster ``cluster_id`` instead
     (``ClusterService.Start``) and returns that id; with ``strategy: shared`` it creates nothing
     and returns the shared cluster's id (``check_backend`` acquired it, see
-    :mod:`spindle.backends.shared`). Returns the cluster id either way.
+    :mod:`spindle.yandex.shared`). Returns the cluster id either way.
 
     :param strategy: overrides the settings' ``strategy`` (``spindle_shared_cluster_open``
         always creates).
@@ -317,7 +317,7 @@ class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):
     with ``strategy: start_stop`` it stops the persistent cluster instead of deleting it; with
     ``strategy: shared`` it leaves the cluster running and *releases* it: an event on
     ``spindle_shared_cluster_released`` through its outlet alias (see
-    :mod:`spindle.backends.shared`); the other strategies emit no event.
+    :mod:`spindle.yandex.shared`); the other strategies emit no event.
 
     :param strategy: overrides the settings' ``strategy`` (the close DAG always deletes).
     """
@@ -326,7 +326,7 @@ class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):
     ui_color = "#f3e4e4"
 
     def __init__(self, *, settings: Any, cluster_id: str, strategy: str | None = None, **kwargs: Any) -> None:
-        from spindle.backends.shared import RELEASE_ALIAS
+        from spindle.yandex.shared import RELEASE_ALIAS
 
         kwargs.setdefault("outlets", [RELEASE_ALIAS])
         super().__init__(cluster_id=cluster_id, **kwargs)
@@ -338,7 +338,7 @@ class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):
         self.yandex_conn_id = self.settings["connection_id"]
         strategy = self.strategy or self.settings.get("strategy")
         if strategy == "shared":
-            from spindle.backends.shared import release
+            from spindle.yandex.shared import release
 
             ti = context["ti"]
             extra = release(context["outlet_events"], str(self.cluster_id), ti.dag_id, ti.run_id)

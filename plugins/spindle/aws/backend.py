@@ -1,0 +1,195 @@
+"""The AWS backends, EMR on EC2 and EMR Serverless: settings, lanes and reapers (see
+:mod:`spindle.backends.registry`). Both read object storage as ``s3://`` (EMRFS on the nodes).
+
+- EMR on EC2: ``stage`` → ``create_cluster`` (``EmrCreateJobFlowOperator``) → per job an
+  ``EmrAddStepsOperator`` step (``spark-submit --deploy-mode cluster``) and an ``EmrStepSensor``
+  → ``delete_cluster`` (``EmrTerminateJobFlowOperator``, teardown).
+- EMR Serverless: ``stage`` → ``create_cluster`` (``EmrServerlessCreateApplicationOperator``) →
+  one ``EmrServerlessStartJobOperator`` per job → ``delete_cluster``
+  (``EmrServerlessDeleteApplicationOperator``, teardown).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from spindle.backends.registry import REQUIRED, Backend
+
+EMR_LIVE = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING"]
+SERVERLESS_LIVE = ["CREATING", "CREATED", "STARTING", "STARTED", "STOPPING", "STOPPED"]
+
+EMR_SETTINGS: dict[str, tuple[Any, Any, str]] = {
+    "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
+    "region_name": ((str, type(None)), None, "AWS region (default: the connection's)"),
+    "release_label": (str, "emr-7.5.0", "EMR release"),
+    "instance_type": (str, "m5.xlarge", "instance type of the master and core nodes"),
+    "core_instance_count": (int, 1, "core nodes"),
+    "ec2_subnet_id": ((str, type(None)), None, "subnet of the cluster"),
+    "job_flow_role": (str, "EMR_EC2_DefaultRole", "instance profile of the nodes"),
+    "service_role": (str, "EMR_DefaultRole", "EMR service role"),
+    "log_uri": ((str, type(None)), None, "S3 log location (default s3://<bucket>/<prefix>/logs/emr/)"),
+    "step_poke_interval": ((int, float), 30, "seconds between step state checks"),
+    "bootstrap_actions": (list, [], "EMR BootstrapActions of the job flow (e.g. a script that pip-installs the "
+                          "model libraries, with environment: provided)"),
+    "configurations": (list, [], "EMR Configurations of the job flow (classification/properties)"),
+}  # fmt: skip
+
+EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
+    "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
+    "region_name": ((str, type(None)), None, "AWS region (default: the connection's)"),
+    "release_label": (str, "emr-7.5.0", "EMR release"),
+    "execution_role_arn": (str, REQUIRED, "IAM role the job runs as"),
+    "log_uri": (
+        (str, type(None)),
+        None,
+        "S3 log location (default s3://<bucket>/<prefix>/logs/emr-serverless/)",
+    ),
+    "waiter_delay": (int, 30, "seconds between job state checks"),
+    "image_uri": ((str, type(None)), None, "custom image (ECR URI) of the application's workers, e.g. one with "
+                  "the model libraries (with environment: provided)"),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- lanes
+def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
+             job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+    """stage → create_job_flow → (<job>_submit → <job>) per job → terminate_job_flow (teardown)."""
+    from spindle.aws.operators import (
+        SpindleEmrAddStepsOperator,
+        SpindleEmrCreateJobFlowOperator,
+        SpindleEmrStepSensor,
+        SpindleEmrTerminateJobFlowOperator,
+    )
+    from spindle.backends.staging import StageSparkAppsOperator
+
+    settings = check["settings"]
+    stage = StageSparkAppsOperator(
+        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="aws_conn_id",
+        scheme="s3", model_path=model, input_paths=inputs,
+    )  # fmt: skip
+    create = SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=settings)
+    previous = create
+    for job in jobs:
+        submit = SpindleEmrAddStepsOperator(
+            task_id=f"{job.task_id}_submit", job_flow_id=create.output, staged=stage.output,
+            settings=settings, **job_kwargs(job),
+        )  # fmt: skip
+        watch = SpindleEmrStepSensor(
+            task_id=job.task_id, job_flow_id=create.output, step_id=submit.output, settings=settings,
+            poke_interval=5, timeout=6 * 3600, mode="poke",
+        )  # fmt: skip
+        previous >> submit >> watch
+        previous = watch
+    delete = SpindleEmrTerminateJobFlowOperator(
+        task_id="delete_cluster", job_flow_id=create.output, settings=settings,
+        waiter_delay=5, waiter_max_attempts=120,
+    )  # fmt: skip
+    stage >> create
+    previous >> delete
+    delete.as_teardown(setups=create)
+    return stage, create, delete
+
+
+def build_emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
+                        job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+    """stage → create_application → one job run per job → delete_application (teardown)."""
+    from spindle.aws.operators import (
+        SpindleEmrServerlessCreateApplicationOperator,
+        SpindleEmrServerlessDeleteApplicationOperator,
+        SpindleEmrServerlessStartJobOperator,
+    )
+    from spindle.backends.staging import StageSparkAppsOperator
+
+    settings = check["settings"]
+    stage = StageSparkAppsOperator(
+        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="aws_conn_id",
+        scheme="s3", model_path=model, input_paths=inputs,
+    )  # fmt: skip
+    create = SpindleEmrServerlessCreateApplicationOperator(task_id="create_cluster", settings=settings,
+                                                           waiter_delay=5)  # fmt: skip
+    previous = create
+    for job in jobs:
+        run = SpindleEmrServerlessStartJobOperator(
+            task_id=job.task_id, application_id=create.output, staged=stage.output, settings=settings,
+            **job_kwargs(job),
+        )  # fmt: skip
+        previous >> run
+        previous = run
+    delete = SpindleEmrServerlessDeleteApplicationOperator(
+        task_id="delete_cluster", application_id=create.output, settings=settings,
+        waiter_delay=5, waiter_max_attempts=120, force_stop=True,
+    )  # fmt: skip
+    stage >> create
+    previous >> delete
+    delete.as_teardown(setups=create)
+    return stage, create, delete
+
+
+# --------------------------------------------------------------------------- reapers
+def _aws_client(settings: Mapping[str, Any], service: str):
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    return AwsBaseHook(aws_conn_id=settings["aws_conn_id"], client_type=service,
+                       region_name=settings.get("region_name")).get_conn()  # fmt: skip
+
+
+def reap_emr(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
+    from spindle.backends.reaper import finding
+
+    emr = _aws_client(settings, "emr")
+    findings = []
+    for page in emr.get_paginator("list_clusters").paginate(ClusterStates=EMR_LIVE):
+        for summary in page["Clusters"]:
+            cluster = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"]
+            tags = {t["Key"]: t["Value"] for t in cluster.get("Tags", [])}
+            found = finding("emr", cluster["Id"], cluster.get("Name", ""), tags, now, ttl_override)
+            if found is None:
+                continue
+            if found.expired:
+                found.action = "would terminate" if dry_run else "terminated"
+                if not dry_run:
+                    try:
+                        emr.terminate_job_flows(JobFlowIds=[cluster["Id"]])
+                    except Exception as err:
+                        found.action, found.error = "terminate failed", str(err)
+            findings.append(found)
+    return findings
+
+
+def reap_emr_serverless(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
+                        now: float) -> list[Any]:  # fmt: skip
+    from spindle.backends.reaper import finding
+
+    client = _aws_client(settings, "emr-serverless")
+    findings = []
+    for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE):
+        for summary in page["applications"]:
+            app = client.get_application(applicationId=summary["id"])["application"]
+            found = finding("emr_serverless", app["applicationId"], app.get("name", ""), app.get("tags", {}),
+                             now, ttl_override)  # fmt: skip
+            if found is None:
+                continue
+            if found.expired:
+                found.action = "would delete" if dry_run else "deleted"
+                if not dry_run:
+                    try:
+                        if app["state"] not in ("CREATED", "STOPPED"):
+                            client.stop_application(applicationId=app["applicationId"])
+                            for _ in range(120):
+                                state = client.get_application(applicationId=app["applicationId"])
+                                if state["application"]["state"] == "STOPPED":
+                                    break
+                                time.sleep(5)
+                        client.delete_application(applicationId=app["applicationId"])
+                    except Exception as err:
+                        found.action, found.error = "delete failed", str(err)
+            findings.append(found)
+    return findings
+
+
+
+EMR = Backend(name="emr", title="EMR on EC2", settings=EMR_SETTINGS, build_lane=build_emr_lane, reap=reap_emr)
+EMR_SERVERLESS = Backend(name="emr_serverless", title="EMR Serverless", settings=EMR_SERVERLESS_SETTINGS,
+                         build_lane=build_emr_serverless_lane, reap=reap_emr_serverless)  # fmt: skip
