@@ -56,7 +56,10 @@ EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
 def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
              job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
     """stage → create_job_flow → (<job>_submit → <job>) per job → terminate_job_flow (teardown)."""
+    from airflow.sdk import XComArg
+
     from spindle.aws.operators import (
+        XCOM_METRICS_URI,
         SpindleEmrAddStepsOperator,
         SpindleEmrCreateJobFlowOperator,
         SpindleEmrStepSensor,
@@ -78,7 +81,7 @@ def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
         )  # fmt: skip
         watch = SpindleEmrStepSensor(
             task_id=job.task_id, job_flow_id=create.output, step_id=submit.output, settings=settings,
-            poke_interval=5, timeout=6 * 3600, mode="poke",
+            metrics_uri=XComArg(submit, key=XCOM_METRICS_URI), poke_interval=5, timeout=6 * 3600, mode="poke",
         )  # fmt: skip
         previous >> submit >> watch
         previous = watch

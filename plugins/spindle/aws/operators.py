@@ -13,7 +13,9 @@ EMR Serverless: :class:`SpindleEmrServerlessCreateApplicationOperator` → per j
 from __future__ import annotations
 
 import gzip
+import re
 import shlex
+import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -35,6 +37,7 @@ from spindle.backends.common import (
     CloudSparkUILink,
     JobSpec,
     copy_log_to_task_log,
+    fetch_metrics,
     spindle_labels,
 )
 
@@ -43,6 +46,8 @@ SERVERLESS_CONSOLE = (
     "https://console.aws.amazon.com/emr/home?region={region}#/serverless-applications/{app_id}/job-runs/{run_id}"
 )
 SPARK_HISTORY_PORT = 18080
+XCOM_METRICS_URI = "metrics_uri"
+_YARN_APP_RE = re.compile(r"application_\d+_\d+")
 
 
 def _log_base(settings: dict[str, Any], kind: str) -> str:
@@ -50,8 +55,8 @@ def _log_base(settings: dict[str, Any], kind: str) -> str:
 
 
 def read_s3_logs(s3_client: Any, uri_prefix: str) -> str:
-    """``stdout.gz`` then ``stderr.gz`` under ``uri_prefix`` (where EMR writes a step's or a
-    job run driver's output), as text; what is missing is skipped."""
+    """``stdout.gz`` then ``stderr.gz`` under ``uri_prefix`` (where EMR writes a step's, a
+    container's or a job run driver's output), as text; what is missing is skipped."""
     parsed = urlparse(uri_prefix)
     prefix = parsed.path.lstrip("/").rstrip("/")
     parts = []
@@ -63,6 +68,34 @@ def read_s3_logs(s3_client: Any, uri_prefix: str) -> str:
         text = gzip.decompress(body).decode(errors="replace")
         parts.append(f"==> {name} <==\n{text}")
     return "\n".join(parts)
+
+
+def _container_prefix(s3_client: Any, app_prefix: str, suffix: str) -> str | None:
+    """The log folder of the container whose id ends in ``suffix`` (the first attempt's
+    application master: ``_01_000001``), or None before EMR uploaded it."""
+    parsed = urlparse(app_prefix)
+    listed = s3_client.list_objects_v2(Bucket=parsed.netloc, Prefix=parsed.path.lstrip("/").rstrip("/") + "/")
+    for item in listed.get("Contents", []):
+        folder = item["Key"].rsplit("/", 1)[0]
+        if folder.endswith(suffix):
+            return f"s3://{parsed.netloc}/{folder}"
+    return None
+
+
+def wait_for_s3_logs(s3_client: Any, uri_prefix: str, wait: float, container_suffix: str | None = None,
+                     interval: float = 2.0) -> str:  # fmt: skip
+    """:func:`read_s3_logs` once they are there, checking every ``interval`` seconds for up to
+    ``wait``: the services upload logs after the job ends. ``container_suffix``: ``uri_prefix``
+    is an application's folder and the logs are in its container with this suffix."""
+    deadline = time.monotonic() + wait
+    while True:
+        prefix = uri_prefix
+        if container_suffix is not None:
+            prefix = _container_prefix(s3_client, uri_prefix, container_suffix)
+        text = read_s3_logs(s3_client, prefix) if prefix else ""
+        if text or time.monotonic() >= deadline:
+            return text
+        time.sleep(interval)
 
 
 def _tags(labels: dict[str, str]) -> list[dict[str, str]]:
@@ -129,6 +162,8 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
             "ServiceRole": s["service_role"],
             "VisibleToAllUsers": True,
             "Tags": _tags(labels),
+            "BootstrapActions": list(s.get("bootstrap_actions") or []),
+            "Configurations": list(s.get("configurations") or []),
         }
 
     def execute(self, context: Any) -> str | None:
@@ -154,12 +189,12 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
 
     def __init__(self, *, job: str, staged: Any, settings: Any, job_flow_id: Any, job_args=None,
                  application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
-                 driver_memory=None, **kwargs: Any) -> None:  # fmt: skip
+                 driver_memory=None, conf=None, **kwargs: Any) -> None:  # fmt: skip
         super().__init__(job_flow_id=job_flow_id, **kwargs)
         self.init_spec(
             job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
             executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory,
+            driver_memory=driver_memory, conf=conf,
         )  # fmt: skip
 
     def execute(self, context: Any) -> list[str]:
@@ -167,8 +202,10 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
         if self.settings.get("region_name"):
             self.region_name = self.settings["region_name"]
         ti = context["ti"]
+        args = self.cli_args(context)
+        ti.xcom_push(key=XCOM_METRICS_URI, value=self.metrics_uri)  # the step sensor reads them there
         argv = ["spark-submit", "--deploy-mode", "cluster", "--name", f"spindle.{ti.dag_id}.{self.job}",
-                *spark_submit_args(self), self.job_uri(), *self.cli_args()]  # fmt: skip
+                *spark_submit_args(self), self.job_uri(), *args]  # fmt: skip
         self.steps = [{
             "Name": f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}",
             "ActionOnFailure": "CONTINUE",  # the DAG's teardown ends the cluster
@@ -178,20 +215,25 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
 
 
 class SpindleEmrStepSensor(EmrStepSensor):
-    """``EmrStepSensor`` that copies the step's driver log (``<LogUri>/<job flow>/steps/<step>/``)
-    into the task log when the step ends, fails with it in view, and returns the job's
-    ``SPINDLE_METRICS``. Links: the cluster's Spark history server and console page."""
+    """``EmrStepSensor`` that returns the job's metrics from the bucket (``metrics_uri``: the
+    submit task's XCom) and copies the driver's log into the task log when the step ends.
 
-    template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "settings")
+    Steps run in cluster deploy mode: the driver's stdout is the log of the application's first
+    YARN container, ``<LogUri>/<job flow>/containers/<application>/container_*_01_000001/``, which
+    EMR uploads minutes after the step ends. The application id is read from the step's own
+    ``stderr.gz`` (the spark-submit client's output); the copy waits up to the setting
+    ``log_wait_seconds``, best effort: the task's result never depends on it.
+    Links: the cluster's Spark history server and console page."""
+
+    template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "settings", "metrics_uri")
     operator_extra_links = (*EmrStepSensor.operator_extra_links, CloudSparkUILink(), CloudConsoleLink())
 
-    def __init__(self, *, settings: Any, log_wait: float = 30.0, **kwargs: Any) -> None:
+    def __init__(self, *, settings: Any, metrics_uri: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
-        self.log_wait = log_wait
+        self.metrics_uri = metrics_uri
         self.spark_ui_url: str | None = None
         self.console_url: str | None = None
-        self.metrics: dict[str, Any] | None = None
 
     def _step_id(self) -> str:
         step = self.step_id
@@ -207,12 +249,10 @@ class SpindleEmrStepSensor(EmrStepSensor):
         try:
             super().execute(context)
         except BaseException:
-            self._copy_log(failed=True)
+            self._copy_log()
             raise
-        self._copy_log(failed=False)
-        if self.metrics is None:
-            raise RuntimeError(f"step {self.step_id} finished without printing a SPINDLE_METRICS line")
-        return self.metrics
+        self._copy_log()
+        return fetch_metrics(self.aws_conn_id, self.metrics_uri, f"step {self.step_id}")
 
     def _publish_links(self, context: Any) -> None:
         try:
@@ -225,35 +265,33 @@ class SpindleEmrStepSensor(EmrStepSensor):
         context["ti"].xcom_push(key=XCOM_SPARK_UI_URL, value=self.spark_ui_url)
         context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
 
-    def _copy_log(self, failed: bool) -> None:
-        import time
+    def _s3(self):
+        return self.hook.get_session(region_name=self.region_name).client(
+            "s3", endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
+            config=self.hook.config, verify=self.hook.verify,
+        )  # fmt: skip
 
-        from spindle.backends.common import JobSpec as _Spec
-
+    def _copy_log(self) -> None:
         try:
             cluster = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
             log_uri = (cluster.get("LogUri") or "").replace("s3n://", "s3://")
             if not log_uri:
                 self.log.warning("Job flow %s has no LogUri: no driver log to copy", self.job_flow_id)
                 return
-            prefix = f"{log_uri.rstrip('/')}/{self.job_flow_id}/steps/{self.step_id}"
-            s3 = self.hook.get_session(region_name=self.region_name).client(
-                "s3", endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
-                config=self.hook.config, verify=self.hook.verify,
-            )  # fmt: skip
-            deadline = time.monotonic() + self.log_wait
-            text = read_s3_logs(s3, prefix)
-            while not text and time.monotonic() < deadline:
-                time.sleep(2)
-                text = read_s3_logs(s3, prefix)
-            title = f"driver log of step {self.step_id} ({prefix})"
-            if text:
-                copy_log_to_task_log(self.log, text, title)
-                spec = _Spec()
-                spec.metrics = None
-                self.metrics = spec.read_metrics(text)
+            s3, base = self._s3(), f"{log_uri.rstrip('/')}/{self.job_flow_id}"
+            wait = float(self.settings.get("log_wait_seconds", 300))
+            client_log = wait_for_s3_logs(s3, f"{base}/steps/{self.step_id}", wait)
+            found = _YARN_APP_RE.search(client_log)
+            if not found:
+                copy_log_to_task_log(self.log, client_log, f"spark-submit output of step {self.step_id}")
+                self.log.warning("Step %s started no YARN application: no driver log to copy", self.step_id)
+                return
+            app = found.group(0)
+            driver = wait_for_s3_logs(s3, f"{base}/containers/{app}", wait, container_suffix="_01_000001")
+            if driver:
+                copy_log_to_task_log(self.log, driver, f"driver log of step {self.step_id} ({app})")
             else:
-                self.log.warning("No driver log at %s yet", prefix)
+                self.log.warning("EMR has not uploaded the driver log of %s within %.0f s", app, wait)
         except Exception as err:
             self.log.warning("Could not copy the driver log of step %s: %s", self.step_id, err)
 
@@ -284,6 +322,8 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
         ti = context["ti"]
         self.config = {**(self.config or {}), "name": f"spindle-{ti.dag_id}-{labels['spindle-created']}",
                        "tags": labels}  # fmt: skip
+        if s.get("image_uri"):  # workers from a custom image (e.g. one with the model libraries)
+            self.config["imageConfiguration"] = {"imageUri": s["image_uri"]}
         app_id = super().execute(context)
         self.console_url = (
             f"https://console.aws.amazon.com/emr/home?region={self.hook.conn_region_name}"
@@ -295,8 +335,14 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
 
 class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperator):
     """A staged ``spark_apps`` job as an EMR Serverless job run on ``application_id=create.output``;
-    the driver's log (``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/``) is copied into the
-    task log when the run ends; returns the job's ``SPINDLE_METRICS``."""
+    returns the job's metrics from the bucket. The driver's log
+    (``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/``, uploaded after the run ends) is
+    copied into the task log, waiting up to the setting ``log_wait_seconds``.
+
+    The driver's environment goes through ``spark.emr-serverless.driverEnv.*`` (Serverless
+    ignores YARN's ``spark.yarn.appMasterEnv.*``); archives through ``spark.archives``."""
+
+    driver_env_prefix = "spark.emr-serverless.driverEnv."
 
     template_fields: Sequence[str] = (*EmrServerlessStartJobOperator.template_fields, *JobSpec.spec_template_fields)
     template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json", "job_driver": "json"}
@@ -305,16 +351,15 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
 
     def __init__(self, *, job: str, staged: Any, settings: Any, application_id: Any, job_args=None,
                  application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
-                 driver_memory=None, log_wait: float = 30.0, **kwargs: Any) -> None:  # fmt: skip
+                 driver_memory=None, conf=None, **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("execution_role_arn", "from-settings")
         kwargs.setdefault("job_driver", {})
         super().__init__(application_id=application_id, **kwargs)
         self.init_spec(
             job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
             executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory,
+            driver_memory=driver_memory, conf=conf,
         )  # fmt: skip
-        self.log_wait = log_wait
         self.spark_ui_url: str | None = None
         self.console_url: str | None = None
 
@@ -331,7 +376,7 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
         self.name = f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}"
         self.job_driver = {"sparkSubmit": {
             "entryPoint": self.job_uri(),
-            "entryPointArguments": self.cli_args(),
+            "entryPointArguments": self.cli_args(context),
             "sparkSubmitParameters": shlex.join(spark_submit_args(self, conf_style=True)),
         }}  # fmt: skip
         self.log_base = _log_base(s, "emr-serverless")
@@ -345,13 +390,20 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
             self._copy_log(context)
             raise
         self._copy_log(context)
-        if self.metrics is None:
-            raise RuntimeError(f"job run {self.job_id} finished without printing a SPINDLE_METRICS line")
-        return self.metrics
+        return self.fetch_metrics(self.aws_conn_id)
+
+    def job_env(self) -> dict[str, str]:
+        env = super().job_env()
+        if "PYSPARK_PYTHON" in env:  # the driver runs the shipped interpreter too (AWS's own recipe)
+            env["PYSPARK_DRIVER_PYTHON"] = env["PYSPARK_PYTHON"]
+        return env
+
+    def spark_properties(self) -> dict[str, str]:
+        props = super().spark_properties()
+        props.pop("spark.executorEnv.PYSPARK_DRIVER_PYTHON", None)  # a driver setting only
+        return props
 
     def _copy_log(self, context: Any) -> None:
-        import time
-
         run_id = getattr(self, "job_id", None)
         if not run_id:
             return
@@ -371,16 +423,12 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
                 "s3", endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
                 config=self.hook.config, verify=self.hook.verify,
             )  # fmt: skip
-            deadline = time.monotonic() + self.log_wait
-            text = read_s3_logs(s3, prefix)
-            while not text and time.monotonic() < deadline:
-                time.sleep(2)
-                text = read_s3_logs(s3, prefix)
+            wait = float(self.settings.get("log_wait_seconds", 300))
+            text = wait_for_s3_logs(s3, prefix, wait)
             if text:
                 copy_log_to_task_log(self.log, text, f"driver log of job run {run_id} ({prefix})")
-                self.read_metrics(text)
             else:
-                self.log.warning("No driver log at %s yet", prefix)
+                self.log.warning("EMR Serverless has not uploaded the driver log at %s within %.0f s", prefix, wait)
         except Exception as err:
             self.log.warning("Could not copy the driver log of job run %s: %s", run_id, err)
 

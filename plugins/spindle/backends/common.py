@@ -234,18 +234,22 @@ class JobSpec:
         return self.metrics
 
     def fetch_metrics(self, s3_conn_id: str) -> dict[str, Any]:
-        """The metrics the job wrote to :attr:`metrics_uri`, through the amazon provider's S3 hook;
-        fails naming the object when the job wrote none (it failed before its end)."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        if not self.metrics_uri:
-            raise RuntimeError("no metrics location: cli_args() was not given the task context")
-        bucket, key = S3Hook.parse_s3_url(self.metrics_uri.replace("s3a://", "s3://", 1))
-        hook = S3Hook(aws_conn_id=s3_conn_id)
-        if not hook.check_for_key(key, bucket_name=bucket):
-            raise RuntimeError(f"job {self.job!r} ended without writing its metrics to {self.metrics_uri}")
-        self.metrics = json.loads(hook.read_key(key, bucket_name=bucket))
+        self.metrics = fetch_metrics(s3_conn_id, self.metrics_uri, f"job {self.job!r}")
         return self.metrics
+
+
+def fetch_metrics(s3_conn_id: str, metrics_uri: str | None, what: str) -> dict[str, Any]:
+    """The metrics a job wrote to ``metrics_uri`` (``--metrics-output``), read with the amazon
+    provider's S3 hook; fails naming the object when there is none (the job died before its end)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    if not metrics_uri:
+        raise RuntimeError(f"{what}: no metrics location (the job was submitted without --metrics-output)")
+    bucket, key = S3Hook.parse_s3_url(metrics_uri.replace("s3a://", "s3://", 1))
+    hook = S3Hook(aws_conn_id=s3_conn_id)
+    if not hook.check_for_key(key, bucket_name=bucket):
+        raise RuntimeError(f"{what} ended without writing its metrics to {metrics_uri}")
+    return json.loads(hook.read_key(key, bucket_name=bucket))
 
 
 #: Spark properties holding comma-separated lists Spindle fills too (merged, see JobSpec).

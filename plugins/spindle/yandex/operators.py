@@ -14,6 +14,8 @@ Airflow 3.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import uuid
 from collections.abc import Sequence
@@ -42,6 +44,14 @@ from spindle.yandex.hooks import (
     DEFAULT_MASTER_UI_PORT,
     SpindleDataprocHook,
 )
+
+
+def dataproc_job_name(ti: Any) -> str:
+    """A job name the Data Proc API accepts (``|[a-z][-a-z0-9]{1,61}[a-z0-9]``) that still says
+    which task made it, unique per DAG, run, task and try (a digest of them)."""
+    digest = hashlib.sha256(f"{ti.dag_id}|{ti.run_id}|{ti.task_id}|{ti.try_number}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{ti.dag_id}-{ti.task_id}".lower()).strip("-")
+    return f"spindle-{readable[:40].strip('-')}-{digest}"
 
 
 def _require_cluster_id(cluster_id: Any) -> str:
@@ -107,16 +117,14 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
 
     def __init__(self, *, job: str, staged: Any, settings: Any, cluster_id: str, connection_id: str | None = None,
                  job_args=None, application_args=None, executor_cores=None, executor_memory=None,
-                 task_cpus=None, driver_memory=None, log_poll_interval: float = 2.0,
+                 task_cpus=None, driver_memory=None, conf=None, log_poll_interval: float = 2.0,
                  **kwargs: Any) -> None:  # fmt: skip
-        kwargs.setdefault(
-            "name", "spindle.{{ ti.dag_id }}.{{ ti.task_id }}.{{ ti.run_id }}.{{ ti.try_number }}"
-        )
+        kwargs.setdefault("name", "")  # empty: dataproc_job_name() at run time
         super().__init__(cluster_id=cluster_id, connection_id=connection_id, **kwargs)
         self.init_spec(
             job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
             executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory,
+            driver_memory=driver_memory, conf=conf,
         )  # fmt: skip
         self.log_poll_interval = log_poll_interval
         self.spark_ui_url: str | None = None
@@ -128,8 +136,11 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
         self.main_python_file_uri = self.job_uri()
         self.python_file_uris = self.py_files()
         self.archive_uris = self.archives()
-        self.args = self.cli_args()
-        self.properties = self.spark_properties()
+        self.args = self.cli_args(context)
+        # Cluster deploy mode: YARN gives the driver the archives and spark.yarn.appMasterEnv.*
+        # (the shipped interpreter, the secrets reference) only in the application master.
+        self.properties = {**self.spark_properties(), "spark.submit.deployMode": "cluster"}
+        self.name = self.name or dataproc_job_name(context["ti"])
         hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
         self._publish_links(context, hook, cluster_id)
         stop = threading.Event()
@@ -141,10 +152,7 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
             stop.set()
             streamer.join(timeout=60)
             streamer.drain()
-            self.read_metrics(streamer.text)
-        if self.metrics is None:
-            raise RuntimeError(f"job {self.job!r} finished without printing a SPINDLE_METRICS line")
-        return self.metrics
+        return self.fetch_metrics(self.setting("s3_conn_id"))
 
     def _publish_links(self, context: Any, hook: SpindleDataprocHook, cluster_id: str) -> None:
         try:
@@ -265,6 +273,7 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
         self.computenode_disk_size = s["disk_size_gb"]
         self.computenode_count = s["computenode_count"]
         self.enable_ui_proxy = s["ui_proxy"]
+        self.services = list(s["services"])
         self.security_group_ids = s["security_group_ids"] or None
         self.log_group_id = s["log_group_id"]
         properties = {str(k): str(v) for k, v in s["cluster_properties"].items()}
