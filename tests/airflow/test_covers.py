@@ -106,36 +106,3 @@ def test_covers_enabled_skips_with_the_reason():
     covers_enabled(context({"enabled": True}))  # runs: no exception
     with pytest.raises(AirflowSkipException, match="param 'embed_covers' is false"):
         covers_enabled(context({"enabled": False, "reason": "param 'embed_covers' is false"}))
-
-
-def test_stage_ships_every_model_under_its_own_alias(tmp_path, monkeypatch):
-    """Two models (text + CLIP) in one lane: two archives, two aliases, paths rewritten."""
-    from spindle.backends import staging
-
-    models = []
-    for name in ("minilm", "clip"):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "config.json").write_text("{}")
-        models.append(str(folder))
-    uploads = []
-
-    class Hook:
-        def check_for_key(self, key, bucket_name):
-            return False
-
-        def load_file(self, path, key, bucket_name, replace):
-            uploads.append(key)
-
-    monkeypatch.setattr(staging, "build_spark_apps_package", lambda log=None: tmp_path / "spark_apps.zip")
-    (tmp_path / "spark_apps.zip").write_bytes(b"zip")
-    monkeypatch.setattr(staging.StageSparkAppsOperator, "_hook", lambda self: Hook())
-    monkeypatch.setenv("SPINDLE_HOME", str(tmp_path / "home"))
-    operator = staging.StageSparkAppsOperator(
-        task_id="stage", jobs=["embed_images"], settings={"bucket": "b", "upload_inputs": False},
-        conn_key="aws_conn_id", model_path=[models[0], models[1], None], input_paths=[None],
-    )  # fmt: skip
-    staged = operator.execute({"ti": SimpleNamespace(run_id="r", dag_id="d")})
-    assert [a.rsplit("#", 1)[1] for a in staged["archives"]] == ["model", "model2"]
-    assert staged["rewrites"] == {models[0]: "model", models[1]: "model2"}
-    assert sum(key.startswith("spindle/artifacts/models/") for key in uploads) == 2

@@ -30,8 +30,25 @@ def test_malformed_settings_are_named():
 
 
 def test_defaults_fill_in():
-    settings = config.validate_settings("emr", {"bucket": "b"}, "Variable x")
+    settings = config.validate_settings("emr", {"bucket": "b", "environment": "provided"}, "Variable x")
     assert settings["release_label"].startswith("emr-") and settings["ttl_hours"] == 6
+
+
+def test_the_cluster_environment_must_be_chosen():
+    with pytest.raises(config.BackendConfigError, match="'environment' is missing"):
+        config.validate_settings("emr", {"bucket": "b"}, "Variable x")
+    with pytest.raises(config.BackendConfigError, match="setting 'environment' must be 'build', 'provided'"):
+        config.validate_settings("emr", {"bucket": "b", "environment": "/home/me/env.tar.gz"}, "Variable x")
+
+
+def test_every_backend_of_the_registry_has_a_lane_and_a_reaper():
+    from spindle.backends import registry
+
+    assert set(config.BACKENDS) == {"local", *registry.names()}
+    for name in registry.names():
+        backend = registry.get(name)
+        assert backend.name == name and callable(backend.build_lane) and callable(backend.reap)
+        assert "environment" in config.settings_schema(name) and "bucket" in config.settings_schema(name)
 
 
 @pytest.mark.parametrize(
