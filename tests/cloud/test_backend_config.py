@@ -30,7 +30,8 @@ def test_malformed_settings_are_named():
 
 
 def test_defaults_fill_in():
-    settings = config.validate_settings("emr", {"bucket": "b", "environment": "provided"}, "Variable x")
+    raw = {"bucket": "b", "environment": "provided", "secrets_source": "aws-sm://s"}
+    settings = config.validate_settings("emr", raw, "Variable x")
     assert settings["release_label"].startswith("emr-") and settings["ttl_hours"] == 6
 
 

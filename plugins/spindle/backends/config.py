@@ -52,8 +52,9 @@ COMMON: dict[str, tuple[Any, Any, str]] = {
                        "lockbox://<secret-id>, aws-sm://<prefix>"),
     "spark_properties": (dict, {}, "extra Spark properties for every job"),
     "num_executors": ((int, type(None)), None, "spark.executor.instances"),
-    "log_wait_seconds": ((int, float), 300, "how long a job task waits for the service's late upload of "
-                         "the driver log before giving up on copying it (the result never depends on it)"),
+    "log_wait_seconds": ((int, float), 300, "EMR and EMR Serverless: how long a job task waits for the "
+                         "service's late upload of the driver log before giving up on copying it (the "
+                         "result never depends on it)"),
 }  # fmt: skip
 
 
@@ -117,6 +118,9 @@ def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
         problem = environment.check_setting(settings["environment"])
         if problem:
             errors.append(f"setting 'environment' {problem}")
+        if settings["warehouse_conn_id"] and not settings["secrets_source"]:
+            errors.append("setting 'secrets_source' is missing: jobs on the cluster resolve the warehouse "
+                          f"connection {settings['warehouse_conn_id']!r} from it (lockbox://... or aws-sm://...)")
         errors += registry.get(backend).validate(settings)
     if errors:
         raise BackendConfigError(f"backend {backend!r}: invalid {source}: " + "; ".join(errors))
