@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The Debian packages the UI tests drive: headless Chromium (+ its WebDriver) for the browser
-# test and docker-compose to validate docker-compose.yaml (there is no Docker engine here).
+# test, docker-compose to validate docker-compose.yaml (there is no Docker engine here), and
+# python3-venv: the cloud fakes build their "managed image" venv from the system Python.
 # Installs only what is missing; needs root or sudo, and says so plainly when it has neither.
 set -euo pipefail
-packages=(chromium chromium-driver docker-compose)
+packages=(chromium chromium-driver docker-compose python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

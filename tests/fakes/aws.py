@@ -5,15 +5,26 @@ moto accepts EMR steps and EMR Serverless job runs but never runs them (steps st
 job runs are SUCCESS at once). :class:`SparkWorkRunner` watches moto's own backends (this
 process hosts the server thread) and, like the services do:
 
-- keeps a local Spark standalone cluster per live EMR job flow / started Serverless application
-  (stopped when the job flow terminates or the application stops);
-- runs each ``command-runner.jar spark-submit ...`` step (in order, per job flow) and each job
-  run's ``sparkSubmit`` driver with spark-submit against that cluster, its ``s3://`` files
-  fetched from moto's S3;
+- keeps a fake cluster per live EMR job flow / started Serverless application (stopped when the
+  job flow terminates or the application stops): a local Spark standalone cluster on the fake
+  managed image (:mod:`tests.fakes.cluster_image`), whose ``spark-defaults.conf`` points S3A at
+  moto (``s3://`` and ``s3n://`` too, EMRFS's stand-in; plus the job flow's own ``spark-defaults``
+  configurations) and whose nodes carry ``AWS_ENDPOINT_URL`` and credentials (the instance
+  profile's stand-in, so boto3 on a node reaches moto);
+- runs each ``command-runner.jar spark-submit ...`` step (in order, per job flow; YARN rules:
+  ``--deploy-mode`` decides, ``spark.yarn.appMasterEnv.*`` is the cluster-mode driver's
+  environment) and each job run's ``sparkSubmit`` driver (``spark.emr-serverless.driverEnv.*``)
+  with :mod:`tests.fakes.spark_runner`;
 - sets the state from the exit code (step COMPLETED/FAILED, ``ActionOnFailure`` honoured; job
-  run SUCCESS/FAILED with ``stateDetails``) and writes the driver output where the services
-  put it in the log bucket (``<LogUri>/<cluster>/steps/<step>/stdout.gz`` and ``stderr.gz``;
-  ``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/stdout.gz`` and ``stderr.gz``).
+  run SUCCESS/FAILED with ``stateDetails``) and writes the logs where the services put them in
+  the log bucket. EMR step, cluster mode: ``<LogUri>/<cluster>/steps/<step>/stderr.gz`` is the
+  spark-submit client's output (``Submitted application application_<ts>_<NNNN>``, final state)
+  at once, ``stdout.gz`` is empty, and the driver's streams go to
+  ``<LogUri>/<cluster>/containers/<app>/<container>/stdout.gz``/``stderr.gz``; client mode: the
+  driver's streams are the step's. Serverless:
+  ``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/stdout.gz``/``stderr.gz``. Container and
+  driver logs are uploaded late, ``log_upload_delay`` seconds after the final state (the
+  services take minutes).
 
 The only changes to moto: the module constants it gives new objects: a job run starts
 ``SUBMITTED`` (so a poller cannot see SUCCESS before anything ran) and an application
@@ -32,7 +43,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tests.fakes.spark_runner import LocalClusters, RunningJob, S3Settings, SparkJob
+from tests.fakes.cluster_image import ClusterImage
+from tests.fakes.spark_runner import (
+    EMR_SERVERLESS,
+    S3A_FILESYSTEM,
+    YARN,
+    LocalClusters,
+    LocalizationCache,
+    NodeProfile,
+    RunningJob,
+    S3Settings,
+    SparkJob,
+)
 
 log = logging.getLogger("spindle.fakes.aws")
 
@@ -84,6 +106,15 @@ class MotoServer:
 _LIST_OPTIONS = {"--py-files": "py_files", "--files": "files", "--archives": "archives", "--jars": "jars"}
 _CONF_LISTS = {"spark.submit.pyFiles": "py_files", "spark.files": "files", "spark.archives": "archives",
                "spark.jars": "jars"}  # fmt: skip
+#: spark-submit options that are shorthands for Spark properties.
+_OPTION_PROPERTIES = {
+    "--deploy-mode": "spark.submit.deployMode", "--driver-memory": "spark.driver.memory",
+    "--driver-cores": "spark.driver.cores", "--executor-memory": "spark.executor.memory",
+    "--executor-cores": "spark.executor.cores", "--num-executors": "spark.executor.instances",
+    "--total-executor-cores": "spark.cores.max", "--queue": "spark.yarn.queue",
+    "--packages": "spark.jars.packages",
+}  # fmt: skip
+_IGNORED_OPTIONS = ("--master", "--class", "--properties-file", "--repositories", "--exclude-packages")
 
 
 def parse_spark_submit(argv: list[str], name: str) -> SparkJob:
@@ -106,8 +137,10 @@ def parse_spark_submit(argv: list[str], name: str) -> SparkJob:
         elif arg == "--name":
             name = argv[i + 1]
             i += 2
-        elif arg in ("--master", "--deploy-mode", "--class", "--driver-memory", "--executor-memory",
-                     "--executor-cores", "--num-executors", "--queue"):  # fmt: skip
+        elif arg in _OPTION_PROPERTIES:
+            props[_OPTION_PROPERTIES[arg]] = argv[i + 1]
+            i += 2
+        elif arg in _IGNORED_OPTIONS:
             i += 2
         elif arg.startswith("--"):
             i += 1
@@ -116,30 +149,109 @@ def parse_spark_submit(argv: list[str], name: str) -> SparkJob:
     raise ValueError("spark-submit arguments name no application")
 
 
-def _put_log(s3: S3Settings, uri_prefix: str, text: str) -> None:
+def aws_node_profile(s3: S3Settings, spark_defaults: dict[str, str] | None = None) -> NodeProfile:
+    """What EMR / EMR Serverless nodes come with: S3A (and EMRFS's ``s3://``, ``s3n://``) on the
+    object store, and the instance profile's credentials for boto3 (``AWS_ENDPOINT_URL``)."""
+    defaults = {**s3.s3a_defaults(), "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
+                "spark.hadoop.fs.s3n.impl": S3A_FILESYSTEM,
+                "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+                **(spark_defaults or {})}  # fmt: skip
+    env = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_ACCESS_KEY_ID": s3.access_key,
+           "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": s3.region}  # fmt: skip
+    return NodeProfile(spark_defaults=defaults, env=env)
+
+
+def _original(mapping: Any) -> dict[str, Any]:
+    """moto keeps request dicts as case-insensitive ``XFormedDict``s whose keys are snake_cased
+    (``spark.submit.deploy_mode``): the keys as the client sent them."""
+    return mapping.original_dict() if hasattr(mapping, "original_dict") else dict(mapping or {})
+
+
+def emr_spark_defaults(configurations: list[Any] | None) -> dict[str, str]:
+    """The ``spark-defaults`` classification of a job flow's ``Configurations``."""
+    found: dict[str, str] = {}
+    for config in configurations or []:
+        config = _original(config)
+        if config.get("Classification") == "spark-defaults":
+            found.update({str(k): str(v) for k, v in _original(config.get("Properties")).items()})
+    return found
+
+
+def serverless_spark_defaults(overrides: Any) -> dict[str, str]:
+    """The ``spark-defaults`` classification of a job run's ``applicationConfiguration``."""
+    found: dict[str, str] = {}
+    for config in _original(overrides).get("applicationConfiguration") or []:
+        config = _original(config)
+        if config.get("classification") == "spark-defaults":
+            found.update({str(k): str(v) for k, v in _original(config.get("properties")).items()})
+    return found
+
+
+def _location(uri_prefix: str, name: str) -> tuple[str, str]:
+    """(bucket, key) of ``name`` under an ``s3://``/``s3n://`` prefix."""
     parsed = urlparse(uri_prefix)
-    key = parsed.path.lstrip("/").rstrip("/")
-    client = s3.client()
-    data = gzip.compress(text.encode())
-    for name in ("stdout.gz", "stderr.gz"):
-        client.put_object(Bucket=parsed.netloc, Key=f"{key}/{name}", Body=data)
+    return parsed.netloc, f"{parsed.path.strip('/')}/{name}".lstrip("/")
+
+
+class LogUploads:
+    """Log objects to put into the log bucket, each when it is due (the services upload late)."""
+
+    def __init__(self, s3: S3Settings) -> None:
+        self.s3 = s3
+        self._due: list[tuple[float, str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def add(self, uri_prefix: str, texts: dict[str, str], delay: float = 0.0) -> None:
+        """Put ``{name: text}`` gzipped under ``uri_prefix``, ``delay`` seconds from now."""
+        when = time.monotonic() + delay
+        with self._lock:
+            for name, text in texts.items():
+                self._due.append((when, f"{uri_prefix.rstrip('/')}|{name}", gzip.compress(text.encode())))
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            ready = [item for item in self._due if force or item[0] <= now]
+            self._due = [item for item in self._due if item not in ready]
+        client = self.s3.client() if ready else None
+        for _, target, data in ready:
+            prefix, name = target.split("|", 1)
+            bucket, key = _location(prefix, name)
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=data)
+            except Exception:
+                log.exception("fake aws: could not upload log %s", target)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._due)
 
 
 class SparkWorkRunner(threading.Thread):
-    """Runs moto's EMR steps and EMR Serverless job runs for real (see the module doc)."""
+    """Runs moto's EMR steps and EMR Serverless job runs for real (see the module doc).
+
+    :param log_upload_delay: seconds between a step's / job run's final state and the upload
+        of its container / driver logs.
+    :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
+    """
 
     def __init__(self, moto: MotoServer, workdir: Path, worker_cores: int = 2, worker_memory: str = "2g",
-                 poll: float = 0.5, job_timeout: float = 600, job_env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 poll: float = 0.5, job_timeout: float = 600, job_env: dict[str, str] | None = None,
+                 log_upload_delay: float = 5.0, image: ClusterImage | None = None) -> None:  # fmt: skip
         super().__init__(name="fake-aws-runner", daemon=True)
         self.moto = moto
         self.workdir = Path(workdir)
         self.s3 = moto.s3_settings()
-        self.clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory)
+        self.clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)
+        self.cache = LocalizationCache(self.workdir / "node-cache", self.s3)
+        self.uploads = LogUploads(self.s3)
         self.poll = poll
         self.job_timeout = job_timeout
         self.job_env = dict(job_env or {})
+        self.log_upload_delay = log_upload_delay
         self._halt = threading.Event()
-        self._local: dict[str, Any] = {}  # job flow / application id -> local cluster
+        self._local: dict[str, Any] = {}  # job flow / application id -> fake cluster nodes
         self._busy: dict[str, threading.Thread] = {}
         self._running: dict[str, RunningJob] = {}
         self.events: list[tuple[str, str, str]] = []  # (kind, id, what)
@@ -163,9 +275,10 @@ class SparkWorkRunner(threading.Thread):
             self.events.append((kind, ident, what))
         log.info("fake aws: %s %s %s", kind, ident, what)
 
-    def _ensure_cluster(self, ident: str):
+    def _ensure_cluster(self, ident: str, spark_defaults: dict[str, str] | None = None):
         if ident not in self._local:
-            self._local[ident] = self.clusters.start(f"fake-{ident.lower()}")
+            profile = aws_node_profile(self.s3, spark_defaults)
+            self._local[ident] = self.clusters.start(f"fake-{ident.lower()}", profile=profile)
             self._event("cluster", ident, "local spark started")
         return self._local[ident]
 
@@ -204,27 +317,26 @@ class SparkWorkRunner(threading.Thread):
         step.start_date_time = utcnow()
         cluster.state = "RUNNING"
         self._event("step", step.id, "running")
-        code = 1
-        folder = self.workdir / "emr" / cluster.id / step.id
+        code, running, error = 1, None, ""
         try:
             args = list(step.args)
             if step.jar != "command-runner.jar" or not args or args[0] != "spark-submit":
                 raise ValueError(f"this fake runs command-runner.jar spark-submit steps only, not {step.jar} {args[:1]}")
-            local = self._ensure_cluster(cluster.id)
+            nodes = self._ensure_cluster(cluster.id, emr_spark_defaults(getattr(cluster, "configurations", None)))
             job = parse_spark_submit(args[1:], step.name)
-            running = RunningJob(job, local.master_url, folder, self.s3, self.job_env)
+            running = RunningJob(job, nodes, self.workdir / "emr" / cluster.id / step.id, self.cache, YARN,
+                                 self.job_env)  # fmt: skip
             self._running[f"{cluster.id}/{step.id}"] = running
             code = running.wait(self.job_timeout)
-            text = running.log_text()
         except Exception as err:
-            text = f"ERROR {err}\n"
             log.exception("fake aws: step %s could not run", step.id)
+            error = f"ERROR {err}\n"
+        if cluster.log_uri:  # before the final state: a poller that sees it finds the step's logs
+            self._publish_step_logs(cluster, step, running, error)
         step.state = "COMPLETED" if code == 0 else "FAILED"
         step.end_date_time = utcnow()
         if code != 0:
             step.last_state_change_reason = f"Step failed: spark-submit exited with code {code}"
-        if cluster.log_uri:
-            _put_log(self.s3, f"{cluster.log_uri.rstrip('/')}/{cluster.id}/steps/{step.id}", text)
         self._event("step", step.id, step.state)
         if code != 0 and step.action_on_failure in ("TERMINATE_CLUSTER", "TERMINATE_JOB_FLOW"):
             cluster.terminate()
@@ -234,6 +346,21 @@ class SparkWorkRunner(threading.Thread):
                     other.state = "CANCELLED"
         if not any(s.state in ("PENDING", "RUNNING") for s in cluster.steps) and cluster.state == "RUNNING":
             cluster.state = "WAITING"
+
+    def _publish_step_logs(self, cluster: Any, step: Any, running: RunningJob | None, error: str) -> None:
+        """Step logs at once; in cluster mode the driver's own logs late, in its container."""
+        root = f"{cluster.log_uri.rstrip('/')}/{cluster.id}"
+        step_prefix = f"{root}/steps/{step.id}"
+        if running is None:
+            self.uploads.add(step_prefix, {"stdout.gz": "", "stderr.gz": error})
+        elif running.cluster_mode:
+            self.uploads.add(step_prefix, {"stdout.gz": "", "stderr.gz": running.submit_log_text()})
+            container = f"{root}/containers/{running.app_id}/{running.container_id}"
+            self.uploads.add(container, {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()},
+                             delay=self.log_upload_delay)  # fmt: skip
+        else:
+            self.uploads.add(step_prefix, {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()})
+        self.uploads.flush()
 
     # ------------------------------------------------------------------ EMR Serverless
     def _tick_serverless(self) -> None:
@@ -258,20 +385,21 @@ class SparkWorkRunner(threading.Thread):
         run.state = "RUNNING"
         run.updated_at = utcnow()
         self._event("job_run", run.id, "running")
-        code, text = 1, ""
+        code, texts = 1, {}
         try:
-            local = self._ensure_cluster(app.id)
+            nodes = self._ensure_cluster(app.id)
             driver = (run.job_driver or {}).get("sparkSubmit") or {}
             argv = shlex.split(driver.get("sparkSubmitParameters", ""))
             argv += [driver["entryPoint"], *driver.get("entryPointArguments", [])]
             job = parse_spark_submit(argv, run.name or run.id)
-            running = RunningJob(job, local.master_url, self.workdir / "serverless" / app.id / run.id, self.s3,
-                                 self.job_env)  # fmt: skip
+            job.properties = {**serverless_spark_defaults(run.configuration_overrides), **job.properties}
+            running = RunningJob(job, nodes, self.workdir / "serverless" / app.id / run.id, self.cache,
+                                 EMR_SERVERLESS, self.job_env)  # fmt: skip
             self._running[f"{app.id}/{run.id}"] = running
             code = running.wait(self.job_timeout)
-            text = running.log_text()
+            texts = {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()}
         except Exception as err:
-            text = f"ERROR {err}\n"
+            texts = {"stdout.gz": "", "stderr.gz": f"ERROR {err}\n"}
             log.exception("fake aws: job run %s could not run", run.id)
         run.state = "SUCCESS" if code == 0 else "FAILED"
         if code != 0:
@@ -280,7 +408,8 @@ class SparkWorkRunner(threading.Thread):
         overrides = run.configuration_overrides or {}
         log_uri = ((overrides.get("monitoringConfiguration") or {}).get("s3MonitoringConfiguration") or {}).get("logUri")
         if log_uri:
-            _put_log(self.s3, f"{log_uri.rstrip('/')}/applications/{app.id}/jobs/{run.id}/SPARK_DRIVER", text)
+            prefix = f"{log_uri.rstrip('/')}/applications/{app.id}/jobs/{run.id}/SPARK_DRIVER"
+            self.uploads.add(prefix, texts, delay=self.log_upload_delay)
         self._event("job_run", run.id, run.state)
 
     def settled(self) -> bool:
@@ -294,7 +423,7 @@ class SparkWorkRunner(threading.Thread):
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
         while not self._halt.wait(self.poll):
-            for tick in (self._tick_emr, self._tick_serverless):
+            for tick in (self._tick_emr, self._tick_serverless, self.uploads.flush):
                 try:
                     tick()
                 except Exception:
@@ -307,6 +436,7 @@ class SparkWorkRunner(threading.Thread):
             job.cancel()
         for thread in list(self._busy.values()):
             thread.join(timeout=30)
+        self.uploads.flush(force=True)
         for ident in list(self._local):
             try:
                 self._drop_cluster(ident)
@@ -340,6 +470,12 @@ class FakeAws:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+    def wait_logs(self, timeout: float = 60) -> None:
+        """Until every late log upload (container / driver logs) has been made."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.runner.uploads.pending:
+            time.sleep(0.2)
 
     def wait_idle(self, timeout: float = 60) -> None:
         """Until no step or job run is running and every local cluster whose job flow terminated

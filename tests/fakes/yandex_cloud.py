@@ -11,9 +11,17 @@ Built on the yandexcloud SDK's generated servicers, so the SDK and the **unmodif
 - ``OperationService.Get``: long-running operations, as the SDK's waiter polls them.
 - Data Proc ``ClusterService`` (Create, Get, List, Delete, Start, Stop, ListHosts, ListUILinks)
   and ``JobService`` (Create, Get, List, ListLog, Cancel). A cluster is a real local Spark
-  standalone cluster; a PySpark job is fetched from object storage and **run with
-  spark-submit** on it (:mod:`tests.fakes.spark_runner`). Its operation ends when the job
-  ends, with an error when the job failed, as on Data Proc.
+  standalone cluster on the fake managed image (:mod:`tests.fakes.cluster_image`: its own Python
+  and Spark, nothing from the Airflow venv); its ``spark-defaults.conf`` points ``s3a://`` at the
+  object storage (Data Proc images preconfigure Object Storage) plus the cluster's ``spark:``
+  properties, and its nodes carry ``YC_METADATA_ADDR`` (this fake's metadata server) and the
+  fake's CA (``SSL_CERT_FILE``/``REQUESTS_CA_BUNDLE``). A PySpark job is fetched from object
+  storage and **run with spark-submit** on it (:mod:`tests.fakes.spark_runner`, YARN rules:
+  client mode unless ``spark.submit.deployMode=cluster``). Its operation ends when the job ends,
+  with an error when the job failed, as on Data Proc. ``pip:`` cluster properties are recorded
+  but not installed (logged as a warning).
+- Every request is checked against the ``yandex.cloud.validation`` options of its proto
+  (:mod:`tests.fakes.yc_validation`): a violation is ``INVALID_ARGUMENT`` naming the field.
 - Lockbox ``SecretService`` (List, Get) and ``PayloadService.Get`` for Airflow's
   ``LockboxSecretBackend``; plus the Lockbox REST payload API (HTTPS) and a metadata-service
   token endpoint (HTTP) for code running *on* the cluster (``spark_apps``' lockbox resolver).
@@ -62,8 +70,19 @@ from yandex.cloud.lockbox.v1 import (
 )
 from yandex.cloud.operation import operation_pb2, operation_service_pb2_grpc
 
-from tests.fakes.spark_runner import LocalClusters, RunningJob, S3Settings, SparkJob
+from tests.fakes.cluster_image import ClusterImage
+from tests.fakes.spark_runner import (
+    YARN,
+    FakeClusterNodes,
+    LocalClusters,
+    LocalizationCache,
+    NodeProfile,
+    RunningJob,
+    S3Settings,
+    SparkJob,
+)
 from tests.fakes.tls import Certificate, make_self_signed
+from tests.fakes.yc_validation import ValidationInterceptor
 
 log = logging.getLogger("spindle.fakes.yandex")
 
@@ -99,6 +118,7 @@ class FakeCluster:
     local_id: str | None = None
     ui_url: str | None = None
     master_url: str | None = None
+    nodes: FakeClusterNodes | None = None
 
 
 @dataclass
@@ -305,8 +325,10 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
         return sum(s.hosts_count for s in cluster.subclusters if s.role != subcluster_pb2.Role.MASTERNODE) or 1
 
     def _start(self, cluster: FakeCluster, op_id: str) -> None:
+        profile = self.fake.node_profile(dict(cluster.proto.config.hadoop.properties))
         try:
-            local = self.fake.local_clusters.start(f"fake-dataproc-{cluster.proto.id}", self._workers(cluster))
+            local = self.fake.local_clusters.start(f"fake-dataproc-{cluster.proto.id}", self._workers(cluster),
+                                                   profile=profile)  # fmt: skip
         except Exception as err:
             with self.state.lock:
                 cluster.proto.status = cluster_pb2.Cluster.ERROR
@@ -314,6 +336,7 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
             return
         with self.state.lock:
             cluster.local_id, cluster.ui_url, cluster.master_url = local.cluster_id, local.ui_url, local.master_url
+            cluster.nodes = local
             cluster.proto.status = cluster_pb2.Cluster.RUNNING
             cluster.proto.health = 1
             response = cluster_pb2.Cluster()
@@ -323,7 +346,7 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
     def _stop_local(self, cluster: FakeCluster) -> None:
         if cluster.local_id:
             self.fake.local_clusters.stop(cluster.local_id)
-        cluster.local_id = cluster.ui_url = cluster.master_url = None
+        cluster.local_id = cluster.ui_url = cluster.master_url = cluster.nodes = None
 
     def Get(self, request, context):
         cluster = self._get(request.cluster_id, context)
@@ -478,11 +501,21 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             properties=dict(spec.properties), name=job.proto.name or job.proto.id,
         )  # fmt: skip
         folder = self.fake.workdir / "jobs" / job.proto.id
-        job.running = RunningJob(spark_job, cluster.master_url or "local[2]", folder, self.fake.s3, self.fake.job_env)
-        code = job.running.wait(timeout=self.fake.job_timeout)
+        if cluster.nodes is None:  # stopped or deleted between Create and now
+            self._finish_job(job, op_id, 1)
+            return
+        try:
+            job.running = RunningJob(spark_job, cluster.nodes, folder, self.fake.cache, YARN, self.fake.job_env)
+            code = job.running.wait(timeout=self.fake.job_timeout)
+        except Exception:  # a bug of the fake must not leave the job RUNNING forever
+            log.exception("fake Yandex Cloud: job %s could not run", job.proto.id)
+            code = 1
+        self._finish_job(job, op_id, code)
+
+    def _finish_job(self, job: FakeJob, op_id: str, code: int) -> None:
         with self.state.lock:
             job.proto.finished_at.CopyFrom(_now())
-            if job.running.cancelled:
+            if job.running is not None and job.running.cancelled:
                 job.proto.status = job_pb2.Job.CANCELLED
             else:
                 job.proto.status = job_pb2.Job.DONE if code == 0 else job_pb2.Job.ERROR
@@ -524,7 +557,7 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
 
     def ListLog(self, request, context):
         job = self._job(request.job_id, context)
-        text = job.running.log_text() if job.running is not None else ""
+        text = job.running.submit_log_text() if job.running is not None else ""
         start = int(request.page_token or 0)
         size = request.page_size or 64 * 1024
         chunk = text[start : start + size]
@@ -634,7 +667,8 @@ class YandexCloudFake:
     :param workdir: folder for the certificate, job folders and local clusters.
     :param s3: object storage the jobs' ``s3a://`` files are fetched from.
     :param oauth_tokens: OAuth tokens IAM accepts.
-    :param job_env: extra environment for every job's driver (e.g. ``SSL_CERT_FILE``).
+    :param job_env: extra environment for every job's driver, on top of the node's.
+    :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
     """
 
     def __init__(
@@ -647,6 +681,7 @@ class YandexCloudFake:
         job_timeout: float = 600,
         job_env: dict[str, str] | None = None,
         certificate: Certificate | None = None,
+        image: ClusterImage | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -656,8 +691,9 @@ class YandexCloudFake:
         self.sa_keys: dict[str, dict[str, str]] = {}
         self.job_timeout = job_timeout
         self.certificate = certificate or make_self_signed(self.workdir / "tls")
-        self.job_env = {"SSL_CERT_FILE": str(self.certificate.cert_path), **(job_env or {})}
-        self.local_clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory)
+        self.job_env = dict(job_env or {})
+        self.local_clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)
+        self.cache = LocalizationCache(self.workdir / "node-cache", s3)
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-yc-bg")
         self._server: grpc.Server | None = None
         self._http: list[http.server.ThreadingHTTPServer] = []
@@ -678,6 +714,19 @@ class YandexCloudFake:
     @property
     def metadata_addr(self) -> str:
         return f"127.0.0.1:{self.metadata_port}"
+
+    def node_profile(self, cluster_properties: dict[str, str] | None = None) -> NodeProfile:
+        """What a Data Proc node comes with: ``s3a://`` on Object Storage (here: the fake's S3),
+        the cluster's ``spark:`` properties, the metadata service and the fake's CA."""
+        defaults = self.s3.s3a_defaults() if self.s3 is not None else {}
+        for key, value in (cluster_properties or {}).items():
+            if key.startswith("spark:"):
+                defaults[key[len("spark:") :]] = str(value)
+            elif key.startswith("pip:"):
+                log.warning("fake Yandex Cloud: cluster property %s is not installed on the fake image", key)
+        cert = str(self.certificate.cert_path)
+        env = {"YC_METADATA_ADDR": self.metadata_addr, "SSL_CERT_FILE": cert, "REQUESTS_CA_BUNDLE": cert}
+        return NodeProfile(spark_defaults=defaults, env=env)
 
     def background(self, fn, *args) -> futures.Future:
         def run():
@@ -724,7 +773,7 @@ class YandexCloudFake:
     def start(self) -> YandexCloudFake:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="fake-yc-grpc"),
-            interceptors=[AuthInterceptor(self.state)],
+            interceptors=[AuthInterceptor(self.state), ValidationInterceptor()],
         )
         creds = grpc.ssl_server_credentials([(self.certificate.key_pem, self.certificate.cert_pem)])
         self.port = server.add_secure_port("127.0.0.1:0", creds)

@@ -221,14 +221,48 @@ class LocalSparkClusterHook(BaseHook):
 
     :param home: folder holding one sub-folder per cluster (default ``$SPINDLE_HOME/clusters``).
     :param host: address the daemons bind to and advertise.
+    :param spark_home: the Spark the daemons run (default: :func:`spark_home`, i.e. ``$SPARK_HOME``
+        or the pip-installed pyspark). The cloud fakes pass a separate "managed image" Spark.
+    :param base_env: the environment the daemons start from instead of this process's (the cloud
+        fakes pass a scrubbed node environment that shares nothing with the Airflow venv).
+    :param spark_defaults: Spark properties written to the cluster's own ``conf/spark-defaults.conf``
+        (its ``SPARK_CONF_DIR``, see :meth:`conf_dir`), as a managed image preconfigures them.
     """
 
     hook_name = "Spindle local Spark cluster"
 
-    def __init__(self, home: str | os.PathLike | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        host: str = "127.0.0.1",
+        spark_home: str | os.PathLike | None = None,
+        base_env: dict[str, str] | None = None,
+        spark_defaults: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.home = Path(home) if home else spindle_home() / "clusters"
         self.host = host
+        self._spark_home = Path(spark_home) if spark_home else None
+        self.base_env = dict(base_env) if base_env is not None else None
+        self.spark_defaults = dict(spark_defaults or {})
+
+    @property
+    def spark_home(self) -> Path:
+        """The Spark installation this hook's daemons run."""
+        return self._spark_home or spark_home()
+
+    def conf_dir(self, cluster_id: str) -> Path:
+        """The cluster's ``SPARK_CONF_DIR`` (exists only when ``spark_defaults`` were given)."""
+        return self.cluster_folder(cluster_id) / "conf"
+
+    def _write_spark_defaults(self, cluster_id: str) -> Path | None:
+        if not self.spark_defaults:
+            return None
+        conf = self.conf_dir(cluster_id)
+        conf.mkdir(parents=True, exist_ok=True)
+        lines = [f"{key} {value}" for key, value in sorted(self.spark_defaults.items())]
+        (conf / "spark-defaults.conf").write_text("\n".join(lines) + "\n")
+        return conf
 
     # ----------------------------------------------------------------- state
     def cluster_folder(self, cluster_id: str) -> Path:
@@ -294,7 +328,7 @@ class LocalSparkClusterHook(BaseHook):
 
     # ----------------------------------------------------------------- create
     def _daemon_env(self, cluster_id: str, folder: Path) -> dict[str, str]:
-        env = dict(os.environ)
+        env = dict(os.environ) if self.base_env is None else dict(self.base_env)
         # The workers' executors must import spark_apps from the package shipped with each job,
         # never from the checkout: drop the repository from the inherited PYTHONPATH.
         repo = str(repo_root())
@@ -305,7 +339,7 @@ class LocalSparkClusterHook(BaseHook):
             env.pop("PYTHONPATH", None)
         env.update(
             {
-                "SPARK_HOME": str(spark_home()),
+                "SPARK_HOME": str(self.spark_home),
                 "SPARK_LOCAL_IP": self.host,
                 "SPARK_LOG_DIR": str(folder / "logs"),
                 "SPARK_PID_DIR": str(folder),
@@ -317,6 +351,9 @@ class LocalSparkClusterHook(BaseHook):
                 "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON") or sys.executable,
             }
         )
+        conf = self._write_spark_defaults(cluster_id)
+        if conf is not None:
+            env["SPARK_CONF_DIR"] = str(conf)
         return env
 
     def _spawn(
@@ -325,7 +362,7 @@ class LocalSparkClusterHook(BaseHook):
         log = folder / "logs" / f"{role}.out"
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [str(spark_home() / "bin" / "spark-class"), *args],
+                [str(self.spark_home / "bin" / "spark-class"), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
