@@ -84,8 +84,11 @@ with DAG(
     plan = check_params(
         outputs={"sentences": "sentences.jsonl", "transformed": "transformed.parquet"},
         model_kind="seq2seq",
+        settings=check["settings"],  # the chosen backend's warehouse connection is checked
     )
-    sentences = prepare_sentences(input_path=plan["input_path"], output=plan["sentences"])
+    sentences = prepare_sentences(
+        input_path=plan["input_path"], output=plan["sentences"], settings=check["settings"]
+    )  # written to the chosen backend's warehouse (local or object storage)
     create = LocalSparkCreateClusterOperator(task_id="create_cluster", **cluster_kwargs())
     transform = SparkAppJobOperator(
         task_id="llm_transform",

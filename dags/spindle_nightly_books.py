@@ -3,7 +3,7 @@
 
 `check_params` → `create_cluster` → `prepare_books` → `embed_text` → `delete_cluster` (teardown),
 and `embed_text` → `load_vectors` (on the Airflow worker, in parallel with the teardown; it
-skips itself on cloud lanes, whose outputs are in their object store).
+reads the chosen backend's warehouse, local or object storage).
 
 - **prepare_books** filters the Open Library editions dump (language, pages, subject, age) and
   builds the text to embed; malformed lines go to a quarantine output with the reason.
@@ -133,6 +133,7 @@ with DAG(
             "manifest": "manifest.json",
         },
         model_kind="sentence-transformers",
+        settings=check["settings"],  # the chosen backend's warehouse connection is checked
     )
     covers = check_covers()
     create = LocalSparkCreateClusterOperator(task_id="create_cluster", **cluster_kwargs())
@@ -197,7 +198,8 @@ with DAG(
             {"alias": "books_covers", "embeddings": plan["cover_embeddings"], "model_dir": covers["model_path"],
              "model_kind": "clip", "optional": True},
         ],
-        backend=check["backend"],  # other lanes' vectors are in their object store: skipped
+        backend=check["backend"],
+        settings=check["settings"],  # reads the Parquet from that backend's warehouse (local or S3)
         trigger_rule="none_failed",  # runs when optional upstreams (cover embedding) were skipped
     )
 
@@ -208,7 +210,10 @@ with DAG(
 
     # The same create -> jobs -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
     # picked per run by param/Variable 'backend' (spindle.backends.lanes).
-    add_backend_lanes(
+    lanes = add_backend_lanes(
         check=check, plan=plan, create=create, jobs=[prepare, embed, images],
         model=[plan["model_path"], covers["model_path"]], inputs=[plan["input_path"], covers["images_dir"]],
     )
+    # load_vectors also waits for the cloud lanes' embedding jobs (the chosen one ran, the rest skipped)
+    for lane in lanes.values():
+        [lane.children[f"{lane.group_id}.{job.task_id}"] for job in (embed, images)] >> load

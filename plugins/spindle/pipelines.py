@@ -5,8 +5,8 @@ A DAG run refuses bad input twice before any cluster starts:
 1. Param schemas (types, bounds, patterns): Airflow validates them when the run is created
    (UI form, REST trigger, ``airflow dags test -c``), with a message naming the param.
 2. :func:`check_params`, the first task, for what a schema cannot express: paths that must
-   exist, executor sizes that must fit the workers, the warehouse connection. It fails with
-   ``param '<name>': ...``, so the create-cluster task never runs.
+   exist, executor sizes that must fit the workers, the chosen backend's warehouse connection.
+   It fails with ``param '<name>': ...``, so the create-cluster task never runs.
 
 Outputs go to ``runs/<dag_id>/<run key>/<name>`` under the warehouse root (relative paths: the
 jobs resolve them against the root of ``--warehouse-conn-id``). The run key comes from the
@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from airflow.sdk import BaseHook, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk import Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID, repo_root
+from spindle.warehouse import warehouse_for, warehouse_root  # noqa: F401  (warehouse_root: re-export)
 
 _RUN_KEY_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -138,27 +139,6 @@ def run_prefix(dag_id: str, run_id: str) -> str:
     return f"runs/{dag_id}/{run_key(run_id)}"
 
 
-def warehouse_root(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str:
-    """``extra.root`` of the warehouse connection (fetching it registers its password with
-    Airflow's secrets masker; only the root is returned)."""
-    try:
-        conn = BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        raise AirflowFailException(f"connection {conn_id!r} is not defined in the secrets backend") from None
-    root = (conn.extra_dejson or {}).get("root")
-    if not root:
-        raise AirflowFailException(f"connection {conn_id!r} has no extra.root (the warehouse root)")
-    return str(root)
-
-
-def local_path(root: str) -> Path | None:
-    """The local folder of a warehouse root (plain path or ``file://``), None for remote stores."""
-    parsed = urlparse(root)
-    if parsed.scheme in ("", "file"):
-        return Path(parsed.path if parsed.scheme else root)
-    return None
-
-
 # --------------------------------------------------------------------------- checks
 class ParamCheckError(AirflowFailException):
     """A run parameter is invalid in a way its JSON schema cannot express."""
@@ -245,6 +225,7 @@ def check_params(
     outputs: Mapping[str, str],
     model_kind: str | None = None,
     warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Validate the run's params beyond their schema, resolve paths, plan the outputs.
 
@@ -252,6 +233,9 @@ def check_params(
         ``{"books": "books.parquet"}``.
     :param model_kind: ``"sentence-transformers"`` (default model: all-MiniLM-L6-v2),
         ``"seq2seq"`` (param required) or None (no model param).
+    :param settings: the chosen backend's settings (``check_backend``'s ``settings``; None: the
+        local backend): the warehouse checked is the one that backend's jobs will write to
+        (setting ``warehouse_conn_id``, its storage connection for an object-store root).
     :return: XCom keys ``input_path``, ``model_path`` (when a model is used), ``run_prefix``
         and one key per output with its warehouse-relative path.
     """
@@ -267,7 +251,7 @@ def check_params(
     elif model_kind == "seq2seq":
         plan["model_path"] = resolve_model_dir(params.get("model_path"), errors=errors)
     try:
-        warehouse_root(warehouse_conn_id)
+        warehouse_for(None, settings, warehouse_conn_id)
     except AirflowFailException as err:
         errors.append(str(err))
     _fail(errors)
@@ -302,25 +286,22 @@ def read_sts_sentences(path: str | os.PathLike, limit: int | None = None) -> lis
 
 @task(task_id="prepare_sentences")
 def prepare_sentences(
-    input_path: str, output: str, warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID
+    input_path: str,
+    output: str,
+    warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
+    settings: Mapping[str, Any] | None = None,
 ) -> str:
     """Turn an STS Benchmark file into a JSONL sentence table (``id``, ``text``) at ``output``
     (warehouse-relative; at most param ``limit`` rows) and return that path. Cheap, so it runs
-    before the cluster starts."""
+    before the cluster starts, on the Airflow worker: it writes to the chosen backend's
+    warehouse (``settings`` as in :func:`check_params`), local or object storage, whole or not
+    at all, replacing the table of an earlier try of the same run."""
     limit = get_current_context()["params"].get("limit")
-    root = local_path(warehouse_root(warehouse_conn_id))
-    if root is None:
-        raise AirflowFailException(
-            "prepare_sentences writes to a local warehouse only (file path or file://)"
-        )
+    warehouse = warehouse_for(None, settings, warehouse_conn_id)
     rows = read_sts_sentences(input_path, int(limit) if limit else None)
     if not rows:
         raise AirflowFailException(f"param 'input_path': no sentences in {input_path}")
-    target = root / output
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    tmp.replace(target)  # overwrite: a re-run of the run replaces the table
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    target = warehouse.write_bytes(output, data)
     print(f"Wrote {len(rows)} sentences to {target}")
     return output

@@ -1,4 +1,5 @@
 """The Airflow side: where MilvusHook finds Milvus, and LoadVectorsOperator's loads and skips.
+(Loading from object storage: test_load_from_object_storage.py.)
 
 The operator runs with a real milvus-lite file and the Parquet of the ``corpus`` fixture; the
 nightly DAG's own ``load_vectors`` task is exercised end to end by tests/airflow/test_e2e.py.
@@ -18,7 +19,6 @@ import pytest
 
 pytest.importorskip("milvus_lite", reason="pymilvus[milvus-lite] is not installed")
 
-from airflow.sdk.exceptions import AirflowSkipException  # noqa: E402
 from spindle.vectors.hook import MilvusHook  # noqa: E402
 from spindle.vectors.operators import LoadVectorsOperator  # noqa: E402
 from spindle.vectors.store import MilvusVectorStore  # noqa: E402
@@ -121,15 +121,17 @@ def test_optional_source_without_any_vector_is_skipped(tmp_path, monkeypatch, co
         LoadVectorsOperator(task_id="t", sources=sources, backend="local").execute(CONTEXT)
 
 
-def test_operator_skips_on_cloud_backends_and_refuses_missing_text(tmp_path, monkeypatch):
+def test_operator_refuses_missing_text_on_every_backend(tmp_path, monkeypatch):
+    """No backend is skipped any more: a cloud run whose warehouse is this machine's folder (the
+    fakes) is read from there, an object-store root through spindle.warehouse
+    (test_load_from_object_storage.py)."""
     monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "skip.db"))
     sources = [{"alias": "books_text", "embeddings": str(tmp_path / "missing.parquet")}]
-    with pytest.raises(AirflowSkipException, match="backend 'emr'"):
-        LoadVectorsOperator(task_id="t", sources=sources, backend="emr").execute(CONTEXT)
     from airflow.sdk.exceptions import AirflowFailException
 
-    with pytest.raises(AirflowFailException, match="books_text: no embeddings Parquet at"):
-        LoadVectorsOperator(task_id="t", sources=sources, backend="local").execute(CONTEXT)
+    for backend, settings in (("emr", {"warehouse_conn_id": "spindle_warehouse"}), ("local", None)):
+        with pytest.raises(AirflowFailException, match="books_text: no embeddings Parquet at"):
+            LoadVectorsOperator(task_id="t", sources=sources, backend=backend, settings=settings).execute(CONTEXT)
     with pytest.raises(ValueError, match="unknown source keys"):
         LoadVectorsOperator(task_id="t", sources=[{"alias": "a", "embedings": "x"}])
 

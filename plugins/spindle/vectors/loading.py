@@ -19,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from spindle.vectors.store import MilvusVectorStore, VectorStoreError, collection_name
 
@@ -51,11 +52,14 @@ class LoadResult:
         return asdict(self)
 
 
-def open_parquet(path: str | Path) -> ds.Dataset:
-    """A Parquet file or a Spark output folder (part files; _SUCCESS and .crc are ignored)."""
-    if not Path(path).exists():
+def open_parquet(path: str | Path, filesystem: pafs.FileSystem | None = None) -> ds.Dataset:
+    """A Parquet file or a Spark output folder (part files; _SUCCESS and .crc are ignored) on
+    ``filesystem`` (default: local), e.g. a warehouse's ``S3FileSystem`` with a ``bucket/key``
+    path (:meth:`spindle.warehouse.Warehouse.locate`)."""
+    filesystem = filesystem or pafs.LocalFileSystem()
+    if filesystem.get_file_info(str(path)).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"no Parquet at {path}")
-    return ds.dataset(str(path), format="parquet", exclude_invalid_files=True)
+    return ds.dataset(str(path), filesystem=filesystem, format="parquet", exclude_invalid_files=True)
 
 
 class NoVectorsError(VectorStoreError):
@@ -73,11 +77,11 @@ def first_row_meta(embeddings: ds.Dataset) -> dict[str, Any]:
     raise NoVectorsError("the embeddings hold no vector: nothing to load")
 
 
-def book_payload(books_path: str | Path | None) -> pa.Table | None:
+def book_payload(books_path: str | Path | None, filesystem: pafs.FileSystem | None = None) -> pa.Table | None:
     """``id, title, author, year, cover_url`` of every book: only these columns are read."""
     if not books_path:
         return None
-    books = open_parquet(books_path)
+    books = open_parquet(books_path, filesystem)
     names = set(books.schema.names)
     wanted = ["id"] + [c for c in ("title", "publish_year", "cover_ids", "author_keys", *AUTHOR_COLUMNS) if c in names]
     table = books.to_table(columns=wanted).combine_chunks()
@@ -164,11 +168,19 @@ def load_embeddings(
     index_type: str = "auto",
     switch_alias: bool = True,
     extra_properties: Mapping[str, Any] | None = None,
+    filesystem: pafs.FileSystem | None = None,
+    books_filesystem: pafs.FileSystem | None = None,
+    source: str | None = None,
 ) -> LoadResult:
     """Upsert the embeddings into the collection of (alias, model, version) and, when every
-    batch went in, point ``alias`` at it. Idempotent: a re-run upserts the same ids."""
+    batch went in, point ``alias`` at it. Idempotent: a re-run upserts the same ids.
+
+    ``filesystem`` holds the embeddings (default: local; a warehouse's ``S3FileSystem`` for
+    object storage), ``books_filesystem`` the books (default: ``filesystem``). ``source`` is the
+    origin the collection records (default: the embeddings path; pass the URI the jobs wrote,
+    since a ``bucket/key`` path does not name its store)."""
     started = time.monotonic()
-    embeddings = open_parquet(embeddings_path)
+    embeddings = open_parquet(embeddings_path, filesystem)
     if not {"id", "vector"} <= set(embeddings.schema.names):
         raise VectorStoreError(f"{embeddings_path} has no id and vector columns: {embeddings.schema.names}")
     meta = first_row_meta(embeddings)
@@ -176,12 +188,12 @@ def load_embeddings(
     properties = {
         "alias": alias, "dataset": dataset, "version": version, "model": meta["model"],
         "model_fingerprint": meta["model_fingerprint"], "model_dir": model_dir,
-        "model_kind": model_kind, "source": str(embeddings_path),
+        "model_kind": model_kind, "source": source or str(embeddings_path),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra_properties or {}),
     }  # fmt: skip
     created = store.ensure_collection(name, meta["dim"], embeddings.count_rows(), index_type, properties)
-    payload = book_payload(books_path)
+    payload = book_payload(books_path, books_filesystem or filesystem)
     books = BookIndex(payload) if payload is not None else None
     read = upserted = skipped = missing = 0
     for rows, n_read, n_skipped, n_missing in payload_batches(embeddings, books, batch_size):

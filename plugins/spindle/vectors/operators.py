@@ -2,23 +2,23 @@
 
 It runs on the Airflow worker, not on the Spark cluster: loading needs only the Parquet files
 the jobs wrote to the warehouse, so the cluster can be deleted in parallel (no idle cluster
-while Milvus indexes).
+while Milvus indexes). It reads them where the chosen backend's jobs wrote them (a local folder,
+or object storage through :mod:`spindle.warehouse`), so every backend's runs become searchable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException
 
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID
-from spindle.pipelines import local_path, warehouse_root
 from spindle.vectors.hook import DEFAULT_MILVUS_CONN_ID, MilvusHook
 from spindle.vectors.loading import NoVectorsError, load_embeddings
 from spindle.vectors.store import VectorStoreError, run_version
+from spindle.warehouse import Warehouse, warehouse_for
 
 SOURCE_KEYS = {"alias", "embeddings", "model_dir", "model_kind", "optional", "dataset"}
 
@@ -29,7 +29,8 @@ class LoadVectorsOperator(BaseOperator):
     successful load. A re-run of the same run upserts into the same collection: no duplicates.
 
     :param sources: one mapping per vector set: ``alias`` (e.g. ``books_text``),
-        ``embeddings`` (warehouse-relative or absolute Parquet path), ``model_dir`` (recorded
+        ``embeddings`` (warehouse-relative Parquet path or folder; an absolute local path or an
+        ``s3://``/``s3a://`` URI also works), ``model_dir`` (local; recorded
         for query embedding), ``model_kind`` (``sentence-transformers`` | ``clip``),
         ``optional`` (True: a missing Parquet is skipped, e.g. covers switched off), ``dataset``
         (templated).
@@ -37,15 +38,19 @@ class LoadVectorsOperator(BaseOperator):
     :param version: version label; default: from the run (:func:`run_version`) (templated).
     :param index_type: ``auto`` (FLAT up to 50k rows, else HNSW), ``FLAT``, ``HNSW``, ``AUTOINDEX``.
     :param switch_alias: False loads the version without making it current.
-    :param backend: the run's backend (``check_backend``'s output, templated): other than
-        ``local`` the task skips itself, as those lanes write to their object store, which this
-        operator does not read. Lets the DAG use ``trigger_rule="none_failed"`` (run when
-        optional upstreams such as cover embedding were skipped).
+    :param backend: the run's backend (``check_backend``'s ``backend``, templated): only named
+        in messages.
+    :param settings: that backend's settings (``check_backend``'s ``settings``, templated; None:
+        the local backend): relative paths are read from the warehouse its jobs wrote to
+        (setting ``warehouse_conn_id``; for an ``s3://``/``s3a://`` root, credentials from the
+        ``s3_conn_id``/``aws_conn_id`` connection). ``model_dir`` stays a local path: search
+        embeds queries on this side. Use ``trigger_rule="none_failed"`` to run when optional
+        upstreams (cover embedding) or the other backends' lanes were skipped.
     :return: XCom ``rows_upserted`` (all sources), ``outputs`` {alias: collection}, ``loads``
         (per source: counts, collection, previous collection, seconds).
     """
 
-    template_fields: Sequence[str] = ("sources", "books", "version", "index_type", "backend")
+    template_fields: Sequence[str] = ("sources", "books", "version", "index_type", "backend", "settings")
     ui_color = "#d6ecf3"
 
     def __init__(
@@ -57,6 +62,7 @@ class LoadVectorsOperator(BaseOperator):
         index_type: str = "auto",
         switch_alias: bool = True,
         backend: str | None = None,
+        settings: Mapping[str, Any] | None = None,
         batch_size: int = 1000,
         milvus_conn_id: str = DEFAULT_MILVUS_CONN_ID,
         warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
@@ -73,19 +79,19 @@ class LoadVectorsOperator(BaseOperator):
         self.index_type = index_type
         self.switch_alias = switch_alias
         self.backend = backend
+        self.settings = settings
         self.batch_size = batch_size
         self.milvus_conn_id = milvus_conn_id
         self.warehouse_conn_id = warehouse_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        if self.backend and self.backend != "local":
-            raise AirflowSkipException(f"backend {self.backend!r} writes its vectors to its object store: not loaded")
+        warehouse = warehouse_for(self.backend, self.settings, self.warehouse_conn_id)
+        self.log.info("Backend %s: reading the run's Parquet from %s", self.backend or "local", warehouse.root)
         version = self.version or run_version(context["run_id"], _run_time(context))
-        books = self._path(self.books) if self.books else None
         loads: list[dict[str, Any]] = []
         with MilvusHook(self.milvus_conn_id).get_conn() as store:
             for source in self.sources:
-                loads.append(self._load(store, source, books, version))
+                loads.append(self._load(store, warehouse, source, version))
         loaded = [item for item in loads if "collection" in item]
         return {
             "version": version,
@@ -94,14 +100,17 @@ class LoadVectorsOperator(BaseOperator):
             "loads": loads,
         }
 
-    def _load(self, store: Any, source: Mapping[str, Any], books: Path | None, version: str) -> dict[str, Any]:
+    def _load(self, store: Any, warehouse: Warehouse, source: Mapping[str, Any], version: str) -> dict[str, Any]:
         alias = source["alias"]
-        path = self._path(source["embeddings"]) if source.get("embeddings") else None
-        if path is None or not path.exists():
+        embeddings = source.get("embeddings") or None
+        where = warehouse.uri(embeddings) if embeddings else None
+        if embeddings is None or not warehouse.exists(embeddings):
             if source.get("optional"):
-                self.log.info("%s: no embeddings at %s: skipped", alias, path)
-                return {"alias": alias, "skipped": f"no embeddings at {path}"}
-            raise AirflowFailException(f"{alias}: no embeddings Parquet at {path}")
+                self.log.info("%s: no embeddings at %s: skipped", alias, where)
+                return {"alias": alias, "skipped": f"no embeddings at {where}"}
+            raise AirflowFailException(f"{alias}: no embeddings Parquet at {where}")
+        filesystem, path = warehouse.locate(embeddings)
+        books_filesystem, books = warehouse.locate(self.books) if self.books else (None, None)
         try:
             result = load_embeddings(
                 store, path, alias=alias, version=version, books_path=books,
@@ -109,11 +118,12 @@ class LoadVectorsOperator(BaseOperator):
                 model_kind=source.get("model_kind") or "sentence-transformers",
                 dataset=source.get("dataset") or "books", batch_size=self.batch_size,
                 index_type=self.index_type, switch_alias=self.switch_alias,
+                filesystem=filesystem, books_filesystem=books_filesystem, source=where,
             )  # fmt: skip
         except NoVectorsError as err:
             if source.get("optional"):  # e.g. covers: every image failed, each row says why
-                self.log.info("%s: %s: %s: skipped", alias, path, err)
-                return {"alias": alias, "skipped": f"no vector in {path}"}
+                self.log.info("%s: %s: %s: skipped", alias, where, err)
+                return {"alias": alias, "skipped": f"no vector in {where}"}
             raise AirflowFailException(f"{alias}: {err}") from err
         except VectorStoreError as err:
             raise AirflowFailException(f"{alias}: {err}") from err
@@ -124,19 +134,6 @@ class LoadVectorsOperator(BaseOperator):
             result.previous_collection,
         )  # fmt: skip
         return result.as_dict()
-
-    def _path(self, value: str) -> Path:
-        """Absolute paths as they are; relative ones under the (local) warehouse root."""
-        path = Path(value)
-        if path.is_absolute():
-            return path
-        root = local_path(warehouse_root(self.warehouse_conn_id))
-        if root is None:
-            raise AirflowFailException(
-                "load_vectors reads a local warehouse only (file path or file://); "
-                f"connection {self.warehouse_conn_id!r} points at a remote store"
-            )
-        return root / value
 
 
 def _run_time(context: Any):
