@@ -1,136 +1,211 @@
-"""The nightly DAG on every backend: local, Yandex Data Proc (TLS gRPC fake), EMR on EC2 and
-EMR Serverless (moto server + step/job-run runner). Jobs run for real with spark-submit.
+"""Both DAGs on every cloud lane, against fakes whose clusters share nothing with Airflow.
 
-Each cloud run must produce the local backend's embeddings, create its cluster / job flow /
-application exactly once and delete it exactly once; a failing job must still delete it; a
-missing or malformed backend setting must fail the first task before anything is created.
+The fake clusters (tests/fakes) run a managed image of their own: pyspark 3.5, pandas, numpy,
+pyarrow, boto3; no torch, no transformers, no Airflow, no access to this machine's files. So a
+run succeeds only when Spindle ships what a real account would need: the cluster environment
+(packed from requirements-cluster.txt), the models, the code and the inputs, all through the
+bucket, and the secrets through the cloud's own secret store. Expected values come from the
+local lane (the same DAG on a local cluster with the Airflow side's own Python).
+
+Each cloud run must: produce the local lane's embeddings and LLM labels, write outputs,
+manifest and metrics into the bucket, load the run's vectors into Milvus (searchable), create
+its cluster / job flow / application exactly once and delete it exactly once. A failing job
+must still delete it; a lane whose cluster has no model libraries fails naming them.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-from conftest import read_embeddings, run_nightly, set_backend_settings
+from conftest import (
+    BUCKET,
+    output_uri,
+    read_bytes,
+    read_embeddings,
+    read_table,
+    run_dag,
+    run_nightly,
+    set_backend_settings,
+)
+from spindle.pipelines import run_key
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = pytest.mark.timeout(1800)
 
+CLOUDS = ("yandex", "emr", "emr_serverless")
 # A driver that dies at once (a real spark-submit failure): the cheapest failing job.
 BROKEN_SPARK = {"spark_properties": {"spark.executor.memory": "not-a-size"}}
-CLOUD_TASKS = ("stage", "create_cluster", "prepare_books", "embed_text", "delete_cluster")
+NIGHTLY_TASKS = ("stage", "create_cluster", "prepare_books", "embed_text", "embed_images", "delete_cluster")
+LLM = "spindle_llm_transform"
+LLM_CONF = {"limit": 40, "max_new_tokens": 4, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
-def local_embeddings(cloud_dagbag):
-    run, states = run_nightly(cloud_dagbag, "local")
+def models(tmp_path_factory):
+    """Tiny random CLIP and T5 models (real tokenizers), built through transformers' config
+    classes: no model hub here."""
+    tiny_models = pytest.importorskip("devtools.tiny_models")
+    clip = tmp_path_factory.mktemp("tiny-clip")
+    t5 = tmp_path_factory.mktemp("tiny-t5")
+    tiny_models.build_tiny_clip(clip)
+    tiny_models.build_tiny_t5(t5)
+    return {"clip": str(clip), "t5": str(t5)}
+
+
+@pytest.fixture(scope="module")
+def local(cloud_dagbag, models):
+    """The local lane's results: what every cloud lane must reproduce."""
+    run, states = run_nightly(cloud_dagbag, "local", clip_model_path=models["clip"])
     assert str(run.state) == "success", states
-    assert states["yandex.create_cluster"] == "skipped"
-    return read_embeddings(run.run_id)
+    assert states["yandex.create_cluster"] == "skipped" and states["embed_images"] == "success"
+    llm, llm_states = run_dag(cloud_dagbag, LLM, backend="local", model_path=models["t5"], **LLM_CONF)
+    assert str(llm.state) == "success", llm_states
+    return {
+        "embeddings": read_embeddings(run.run_id),
+        "covers": run.get_task_instance("embed_images").xcom_pull(task_ids="embed_images"),
+        "labels": read_table(output_uri("local", LLM, llm.run_id, "transformed.parquet")),
+    }
 
 
-def assert_same_embeddings(run_id, expected):
-    got = read_embeddings(run_id)
-    assert len(got) == len(expected) > 0
-    assert list(got["id"]) == list(expected["id"])
-    assert np.allclose(np.stack(got["vector"]), np.stack(expected["vector"]), atol=1e-5)
-    assert list(got["model_fingerprint"]) == list(expected["model_fingerprint"])
+def lane_states(states, lane, tasks=NIGHTLY_TASKS):
+    return {t: states.get(f"{lane}.{t}") for t in tasks}
 
 
-def lane_states(states, lane):
-    return {t: states.get(f"{lane}.{t}") for t in CLOUD_TASKS if f"{lane}.{t}" in states}
+def xcom(run, task_id, key="return_value"):
+    return run.get_task_instance(task_id).xcom_pull(task_ids=task_id, key=key)
 
 
-# --------------------------------------------------------------------------- Yandex Data Proc
-def test_yandex_backend_matches_local(cloud_dagbag, fake_yandex, local_embeddings, no_new_spark_processes):
-    set_backend_settings("yandex")
-    before = (fake_yandex.state.count("Cluster.Create"), fake_yandex.state.count("Cluster.Delete"))
-    run, states = run_nightly(cloud_dagbag, "yandex")
+def bucket_keys(fake_aws, prefix):
+    listed = fake_aws.moto.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return [o["Key"] for o in listed]
+
+
+class Clusters:
+    """What a fake cloud created and deleted: counted from the fake's own records."""
+
+    def __init__(self, backend, fake_yandex, fake_aws):
+        self.backend, self.yandex, self.aws = backend, fake_yandex, fake_aws
+
+    def snapshot(self):
+        if self.backend == "yandex":
+            return self.yandex.state.count("Cluster.Create"), self.yandex.state.count("Cluster.Delete")
+        if self.backend == "emr":
+            listed = self.aws.moto.client("emr").list_clusters()["Clusters"]
+            return {c["Id"]: c["Status"]["State"] for c in listed}
+        apps = self.aws.moto.client("emr-serverless").list_applications()["applications"]
+        return {a["id"]: a["state"] for a in apps}
+
+    def assert_one_created_and_gone(self, before):
+        after = self.snapshot()
+        if self.backend == "yandex":
+            assert after == (before[0] + 1, before[1] + 1)
+            assert self.yandex.live_clusters == []
+        else:
+            new = {k: v for k, v in after.items() if k not in before}
+            assert list(new.values()) == ["TERMINATED"], new
+            self.aws.wait_idle()
+            assert self.aws.runner.clusters.running == []
+
+
+@pytest.fixture
+def clouds(request):
+    def fakes(backend):
+        fake_aws = request.getfixturevalue("fake_aws")
+        fake_yandex = request.getfixturevalue("fake_yandex") if backend == "yandex" else None
+        return Clusters(backend, fake_yandex, fake_aws)
+
+    return fakes
+
+
+# --------------------------------------------------------------------------- both DAGs, every lane
+@pytest.mark.parametrize("backend", CLOUDS)
+def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, cluster_environment, models, local,
+                                                        clouds, no_new_spark_processes):  # fmt: skip
+    fakes = clouds(backend)
+    set_backend_settings(backend)
+    before = fakes.snapshot()
+    run, states = run_nightly(cloud_dagbag, backend, clip_model_path=models["clip"])
     assert str(run.state) == "success", states
-    assert set(lane_states(states, "yandex").values()) == {"success"}
-    assert states["create_cluster"] == "skipped" and states["emr.create_cluster"] == "skipped"
-    assert fake_yandex.state.count("Cluster.Create") == before[0] + 1
-    assert fake_yandex.state.count("Cluster.Delete") == before[1] + 1
-    assert fake_yandex.live_clusters == []
-    created = [d for n, d in fake_yandex.state.calls if n == "Cluster.Create"][-1]
-    assert created["labels"]["spindle-managed"] == "true"
-    assert created["labels"]["spindle-dag"] == "spindle_nightly_books"
-    assert created["labels"]["spindle-ttl-hours"] == "6"
-    ti = run.get_task_instance("yandex.embed_text")
-    assert ti.xcom_pull(task_ids="yandex.embed_text")["job"] == "embed_text"  # metrics from the driver log
-    assert ti.xcom_pull(task_ids="yandex.embed_text", key="spark_ui_url").startswith("http://127.0.0.1:")
-    assert_same_embeddings(run.run_id, local_embeddings)
+    assert set(lane_states(states, backend).values()) == {"success"}, lane_states(states, backend)
+    assert states["load_vectors"] == "success" and states["create_cluster"] == "skipped"
+    fakes.assert_one_created_and_gone(before)
+
+    # outputs, manifest and metrics are in the bucket, and equal the local lane's
+    embeddings = read_embeddings(run.run_id, backend)
+    expected = local["embeddings"]
+    assert list(embeddings["id"]) == list(expected["id"]) and len(embeddings) > 0
+    assert np.allclose(np.stack(embeddings["vector"]), np.stack(expected["vector"]), atol=1e-5)
+    assert list(embeddings["model_fingerprint"]) == list(expected["model_fingerprint"])
+    manifest = json.loads(read_bytes(output_uri(backend, "spindle_nightly_books", run.run_id, "manifest.json")))
+    assert manifest["rows"]["written"] == len(embeddings)
+    for job in ("prepare_books", "embed_text", "embed_images"):
+        metrics = xcom(run, f"{backend}.{job}")
+        assert metrics["job"] == job
+        # one object per try, written by the job (EMR: under its submit task's id)
+        [key] = bucket_keys(fakes.aws, f"spindle/metrics/spindle_nightly_books/{run_key(run.run_id)}/{backend}.{job}")
+        assert json.loads(read_bytes(f"s3://{BUCKET}/{key}")) == metrics  # the XCom is the bucket's object
+    covers = xcom(run, f"{backend}.embed_images")
+    assert (covers["images_embedded"], covers["images_failed"]) == (
+        local["covers"]["images_embedded"], local["covers"]["images_failed"])  # fmt: skip
+
+    # the run's vectors are searchable: a book's own vector finds that book first
+    from airflow_testenv import SPINDLE_HOME
+    from spindle.vectors.store import MilvusVectorStore, search
+
+    loaded = xcom(run, "load_vectors")
+    assert loaded["rows_upserted"] == len(embeddings), loaded
+    with MilvusVectorStore(SPINDLE_HOME / "milvus" / "spindle.db") as store:
+        assert store.resolve_alias("books_text") == loaded["outputs"]["books_text"]
+        hits = search(store, "books_text", list(embeddings["vector"][:3]), 1)
+        assert [h[0].id for h in hits] == list(embeddings["id"][:3])
+
+    # the LLM DAG: its input table reaches the bucket, its labels equal the local lane's
+    before = fakes.snapshot()
+    llm, llm_states = run_dag(cloud_dagbag, LLM, backend=backend, model_path=models["t5"], **LLM_CONF)
+    assert str(llm.state) == "success", llm_states
+    assert llm_states[f"{backend}.llm_transform"] == "success"
+    fakes.assert_one_created_and_gone(before)
+    assert read_bytes(output_uri(backend, LLM, llm.run_id, "sentences.jsonl")).count(b"\n") == LLM_CONF["limit"]
+    labels = read_table(output_uri(backend, LLM, llm.run_id, "transformed.parquet"))
+    assert list(labels["id"]) == list(local["labels"]["id"])
+    assert list(labels["label"]) == list(local["labels"]["label"])
+    assert xcom(llm, f"{backend}.llm_transform")["rows_transformed"] == LLM_CONF["limit"]
+
+    # the environment was packed once and uploaded once, under its content digest
+    environments = bucket_keys(fakes.aws, "spindle/artifacts/environments/")
+    assert environments == [f"spindle/artifacts/environments/{cluster_environment.name}"]
 
 
-def test_yandex_failing_job_still_deletes_the_cluster(cloud_dagbag, fake_yandex, no_new_spark_processes):
-    set_backend_settings("yandex", **BROKEN_SPARK)
-    before = fake_yandex.state.count("Cluster.Delete")
-    run, states = run_nightly(cloud_dagbag, "yandex")
+# --------------------------------------------------------------------------- failures
+@pytest.mark.parametrize("backend", CLOUDS)
+def test_a_failing_job_still_deletes_the_cluster(backend, cloud_dagbag, cluster_environment, clouds,
+                                                 no_new_spark_processes):  # fmt: skip
+    fakes = clouds(backend)
+    set_backend_settings(backend, **BROKEN_SPARK)
+    before = fakes.snapshot()
+    run, states = run_nightly(cloud_dagbag, backend, embed_covers=False)
     assert str(run.state) == "failed"
-    assert states["yandex.create_cluster"] == "success"
-    assert states["yandex.prepare_books"] == "failed"
-    assert states["yandex.delete_cluster"] == "success"
-    assert fake_yandex.state.count("Cluster.Delete") == before + 1
-    assert fake_yandex.live_clusters == []
+    assert states[f"{backend}.create_cluster"] == "success"
+    assert states[f"{backend}.prepare_books"] == "failed"
+    assert states[f"{backend}.delete_cluster"] == "success"
+    fakes.assert_one_created_and_gone(before)
 
 
-# --------------------------------------------------------------------------- EMR on EC2
-def _emr_clusters(fake_aws):
-    return fake_aws.moto.client("emr").list_clusters()["Clusters"]
-
-
-def test_emr_backend_matches_local(cloud_dagbag, fake_aws, local_embeddings, no_new_spark_processes):
-    set_backend_settings("emr")
-    before = {c["Id"] for c in _emr_clusters(fake_aws)}
-    run, states = run_nightly(cloud_dagbag, "emr")
-    assert str(run.state) == "success", states
-    new = [c for c in _emr_clusters(fake_aws) if c["Id"] not in before]
-    assert len(new) == 1, new
-    assert new[0]["Status"]["State"] == "TERMINATED"
-    tags = {t["Key"]: t["Value"] for t in fake_aws.moto.client("emr").describe_cluster(ClusterId=new[0]["Id"])
-            ["Cluster"]["Tags"]}  # fmt: skip
-    assert tags["spindle-managed"] == "true" and tags["spindle-dag"] == "spindle_nightly_books"
-    assert run.get_task_instance("emr.embed_text").xcom_pull(task_ids="emr.embed_text")["job"] == "embed_text"
-    assert_same_embeddings(run.run_id, local_embeddings)
-    fake_aws.wait_idle()
-    assert fake_aws.runner.clusters.running == []
-
-
-def test_emr_failing_step_still_terminates(cloud_dagbag, fake_aws, no_new_spark_processes):
-    set_backend_settings("emr", **BROKEN_SPARK)
-    before = {c["Id"] for c in _emr_clusters(fake_aws)}
-    run, states = run_nightly(cloud_dagbag, "emr")
+def test_a_lane_without_the_environment_fails_naming_what_is_missing(cloud_dagbag, clouds, capfd,
+                                                                     no_new_spark_processes):  # fmt: skip
+    """'provided' promises an image with the model libraries; the fake image has none: the job
+    that needs them fails at once, its driver log (copied into the task log) naming them, and
+    the application is still deleted. prepare_books needs none and succeeds on the image."""
+    fakes = clouds("emr_serverless")
+    set_backend_settings("emr_serverless", environment="provided")
+    before = fakes.snapshot()
+    run, states = run_nightly(cloud_dagbag, "emr_serverless", embed_covers=False)
     assert str(run.state) == "failed"
-    assert states["emr.prepare_books"] == "failed"
-    assert states["emr.delete_cluster"] == "success"
-    new = [c for c in _emr_clusters(fake_aws) if c["Id"] not in before]
-    assert [c["Status"]["State"] for c in new] == ["TERMINATED"]
-    fake_aws.wait_idle()
-    assert fake_aws.runner.clusters.running == []
-
-
-# --------------------------------------------------------------------------- EMR Serverless
-def _apps(fake_aws):
-    return fake_aws.moto.client("emr-serverless").list_applications()["applications"]
-
-
-def test_emr_serverless_backend_matches_local(cloud_dagbag, fake_aws, local_embeddings, no_new_spark_processes):
-    set_backend_settings("emr_serverless")
-    before = {a["id"] for a in _apps(fake_aws)}
-    run, states = run_nightly(cloud_dagbag, "emr_serverless")
-    assert str(run.state) == "success", states
-    new = [a for a in _apps(fake_aws) if a["id"] not in before]
-    assert [a["state"] for a in new] == ["TERMINATED"]
-    assert_same_embeddings(run.run_id, local_embeddings)
-    fake_aws.wait_idle()
-    assert fake_aws.runner.clusters.running == []
-
-
-def test_emr_serverless_failing_job_still_deletes(cloud_dagbag, fake_aws, no_new_spark_processes):
-    set_backend_settings("emr_serverless", **BROKEN_SPARK)
-    before = {a["id"] for a in _apps(fake_aws)}
-    run, states = run_nightly(cloud_dagbag, "emr_serverless")
-    assert str(run.state) == "failed"
-    assert states["emr_serverless.prepare_books"] == "failed"
+    assert states["emr_serverless.prepare_books"] == "success"
+    assert states["emr_serverless.embed_text"] == "failed"
     assert states["emr_serverless.delete_cluster"] == "success"
-    assert [a["state"] for a in _apps(fake_aws) if a["id"] not in before] == ["TERMINATED"]
-    fake_aws.wait_idle()
-    assert fake_aws.runner.clusters.running == []
+    fakes.assert_one_created_and_gone(before)
+    out = capfd.readouterr().out
+    assert "MissingPackagesError: embed_text: the cluster's Python" in out
+    assert "has no torch, transformers, sentence_transformers" in out

@@ -185,7 +185,8 @@ def test_shared_strategy_without_an_open_cluster_fails_the_first_task(cloud_dagb
     assert "no shared Data Proc cluster was ever published" in capfd.readouterr().out
 
 
-def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, no_new_spark_processes, capfd):
+def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_environment, no_new_spark_processes,
+                                      capfd):  # fmt: skip
     set_backend_settings("yandex", strategy="shared")
     cluster_id = None
     try:
@@ -258,7 +259,7 @@ def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, no_new_spark_p
 
 
 # --------------------------------------------------------------------------- strategy: start_stop
-def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagbag, fake_yandex,
+def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagbag, fake_yandex, cluster_environment,
                                                                      no_new_spark_processes):  # fmt: skip
     """The run starts the stopped cluster, submits to it, and its teardown stops it again even
     though the first job fails (a driver that dies at once: the cheapest real job; the success
