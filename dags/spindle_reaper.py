@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
+from spindle.backends.registry import names as cloud_backends
 
 with DAG(
     dag_id="spindle_reaper",
@@ -26,8 +27,8 @@ with DAG(
     params={
         "dry_run": Param(True, type="boolean", title="Dry run",
                          description="Only report what would be deleted."),
-        "backends": Param(["yandex", "emr", "emr_serverless"], type="array",
-                          items={"type": "string", "enum": ["yandex", "emr", "emr_serverless"]},
+        "backends": Param(list(cloud_backends()), type="array",
+                          items={"type": "string", "enum": list(cloud_backends())},
                           minItems=1, title="Backends", description="Clouds to look in."),
         "ttl_hours": Param(None, type=["null", "number"], minimum=0, maximum=24 * 365, title="TTL override (hours)",
                            description="Treat everything older than this as expired (empty: each resource's own TTL label)."),

@@ -54,16 +54,37 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(cloud_dagbag, models):
+def covers(tmp_path_factory):
+    """A covers folder named the way embed_images looks images up (``<cover id>.jpg``): the
+    bundled real covers, one per cover id of the sample dump (the dump's own covers are not
+    bundled), so every lane embeds real JPEGs."""
+    import itertools
+    import shutil
+
+    from airflow_testenv import REPO
+
+    folder = tmp_path_factory.mktemp("covers")
+    jpegs = itertools.cycle(sorted((REPO / "data" / "samples" / "covers").rglob("*.jpg")))
+    with open(REPO / "data" / "samples" / "openlibrary" / "editions-head-n1000.txt", encoding="utf-8") as dump:
+        for line in dump:
+            record = json.loads(line.rstrip("\n").split("\t")[-1])
+            for cover_id in record.get("covers") or []:
+                if cover_id > 0:
+                    shutil.copyfile(next(jpegs), folder / f"{cover_id}.jpg")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def local(cloud_dagbag, models, covers):
     """The local lane's results: what every cloud lane must reproduce."""
-    run, states = run_nightly(cloud_dagbag, "local", clip_model_path=models["clip"])
+    run, states = run_nightly(cloud_dagbag, "local", clip_model_path=models["clip"], covers_source=covers)
     assert str(run.state) == "success", states
     assert states["yandex.create_cluster"] == "skipped" and states["embed_images"] == "success"
     llm, llm_states = run_dag(cloud_dagbag, LLM, backend="local", model_path=models["t5"], **LLM_CONF)
     assert str(llm.state) == "success", llm_states
     return {
         "embeddings": read_embeddings(run.run_id),
-        "covers": run.get_task_instance("embed_images").xcom_pull(task_ids="embed_images"),
+        "covers": read_table(output_uri("local", "spindle_nightly_books", run.run_id, "cover_embeddings.parquet")),
         "labels": read_table(output_uri("local", LLM, llm.run_id, "transformed.parquet")),
     }
 
@@ -120,12 +141,12 @@ def clouds(request):
 
 # --------------------------------------------------------------------------- both DAGs, every lane
 @pytest.mark.parametrize("backend", CLOUDS)
-def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, cluster_environment, models, local,
-                                                        clouds, no_new_spark_processes):  # fmt: skip
+def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, cluster_environment, models, covers,
+                                                        local, clouds, no_new_spark_processes):  # fmt: skip
     fakes = clouds(backend)
     set_backend_settings(backend)
     before = fakes.snapshot()
-    run, states = run_nightly(cloud_dagbag, backend, clip_model_path=models["clip"])
+    run, states = run_nightly(cloud_dagbag, backend, clip_model_path=models["clip"], covers_source=covers)
     assert str(run.state) == "success", states
     assert set(lane_states(states, backend).values()) == {"success"}, lane_states(states, backend)
     assert states["load_vectors"] == "success" and states["create_cluster"] == "skipped"
@@ -145,18 +166,23 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, c
         # one object per try, written by the job (EMR: under its submit task's id)
         [key] = bucket_keys(fakes.aws, f"spindle/metrics/spindle_nightly_books/{run_key(run.run_id)}/{backend}.{job}")
         assert json.loads(read_bytes(f"s3://{BUCKET}/{key}")) == metrics  # the XCom is the bucket's object
-    covers = xcom(run, f"{backend}.embed_images")
-    assert (covers["images_embedded"], covers["images_failed"]) == (
-        local["covers"]["images_embedded"], local["covers"]["images_failed"])  # fmt: skip
+    cover_vectors = read_table(output_uri(backend, "spindle_nightly_books", run.run_id, "cover_embeddings.parquet"))
+    expected = local["covers"].dropna(subset=["vector"])
+    assert xcom(run, f"{backend}.embed_images")["images_embedded"] == len(expected) > 0
+    cover_vectors = cover_vectors.dropna(subset=["vector"])
+    assert list(cover_vectors["id"]) == list(expected["id"])
+    assert np.allclose(np.stack(cover_vectors["vector"]), np.stack(expected["vector"]), atol=1e-5)
 
     # the run's vectors are searchable: a book's own vector finds that book first
     from airflow_testenv import SPINDLE_HOME
     from spindle.vectors.store import MilvusVectorStore, search
 
     loaded = xcom(run, "load_vectors")
-    assert loaded["rows_upserted"] == len(embeddings), loaded
+    upserted = {load["alias"]: load["rows_upserted"] for load in loaded["loads"] if "collection" in load}
+    assert upserted == {"books_text": len(embeddings), "books_covers": len(cover_vectors)}, loaded
     with MilvusVectorStore(SPINDLE_HOME / "milvus" / "spindle.db") as store:
         assert store.resolve_alias("books_text") == loaded["outputs"]["books_text"]
+        assert store.resolve_alias("books_covers") == loaded["outputs"]["books_covers"]
         hits = search(store, "books_text", list(embeddings["vector"][:3]), 1)
         assert [h[0].id for h in hits] == list(embeddings["id"][:3])
 

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import BUCKET, FOLDER_ID, run_nightly, set_backend_settings
-
 from spindle.yandex import shared
 from spindle.yandex.shared import RELEASE_ALIAS, SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
 
@@ -27,7 +26,7 @@ pytestmark = pytest.mark.timeout(900)
 
 NIGHTLY = "spindle_nightly_books"
 LLM = "spindle_llm_transform"
-LIMIT = 60  # rows of the sample dump: the jobs' cost is spark-submit, not data
+LIMIT = 300  # rows of the sample dump (enough to keep some books: load_vectors refuses an empty run)
 
 
 def run_dag(dagbag, dag_id: str, **conf):
@@ -76,13 +75,17 @@ def jobs_ran(dagbag, states: dict, dag_id: str = NIGHTLY) -> list[str]:
     return sorted(t for t in tasks if states[t] == "success")
 
 
-def assert_jobs_on(fake, since: int, cluster_id: str, task_ids: list[str], dag_id: str = NIGHTLY) -> None:
-    """Exactly one Data Proc job per job task that ran (job name spindle.<dag>.<task id>.<run>.<try>),
-    each on ``cluster_id``."""
+def assert_jobs_on(fake, since: int, cluster_id: str, task_ids: list[str], run_id: str,
+                   dag_id: str = NIGHTLY) -> None:  # fmt: skip
+    """Exactly one Data Proc job per job task that ran (named by dag, run, task and try), each on
+    ``cluster_id``."""
+    from spindle.yandex.operators import dataproc_job_name
+
     jobs = calls(fake, "Job.Create", since)
     assert len(jobs) == len(task_ids), [j["name"] for j in jobs]
     for task_id in task_ids:
-        assert [j for j in jobs if j["name"].startswith(f"spindle.{dag_id}.{task_id}.")], f"no job of {task_id}"
+        name = dataproc_job_name(SimpleNamespace(dag_id=dag_id, run_id=run_id, task_id=task_id, try_number=1))
+        assert [j for j in jobs if j["name"] == name], f"no job of {task_id}"
     assert {j["cluster_id"] for j in jobs} == {cluster_id}
 
 
@@ -165,7 +168,8 @@ def test_acquire_refuses_an_expired_or_foreign_cluster_before_asking_the_api():
 def test_shared_strategy_refuses_cluster_id_setting():
     from spindle.backends import config
 
-    base = {"bucket": "b", "folder_id": "f", "subnet_id": "s", "service_account_id": "a", "oslogin_enabled": True}
+    base = {"bucket": "b", "folder_id": "f", "subnet_id": "s", "service_account_id": "a", "oslogin_enabled": True,
+            "environment": "provided", "secrets_source": "lockbox://e6q"}  # fmt: skip
     with pytest.raises(config.BackendConfigError, match="'cluster_id' must not be set with strategy shared"):
         config.validate_settings("yandex", {**base, "strategy": "shared", "cluster_id": "c9q"}, "Variable x")
     with pytest.raises(config.BackendConfigError, match="'strategy' must be one of create_delete, start_stop, shared"):
@@ -227,7 +231,7 @@ def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_enviro
         assert calls(fake_yandex, "Cluster.Create", before) == []
         assert calls(fake_yandex, "Cluster.Delete", before) == []
         assert {"yandex.prepare_books", "yandex.embed_text"} <= set(jobs_ran(cloud_dagbag, states))
-        assert_jobs_on(fake_yandex, before, cluster_id, jobs_ran(cloud_dagbag, states))
+        assert_jobs_on(fake_yandex, before, cluster_id, jobs_ran(cloud_dagbag, states), run.run_id)
         ti = run.get_task_instance("yandex.create_cluster")
         assert ti.xcom_pull(task_ids="yandex.create_cluster") == cluster_id
         assert ti.xcom_pull(task_ids="yandex.embed_text")["job"] == "embed_text"
@@ -290,7 +294,7 @@ def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagba
         assert [d["cluster_id"] for d in calls(fake_yandex, "Cluster.Start", before)] == [cluster_id]
         assert [d["cluster_id"] for d in calls(fake_yandex, "Cluster.Stop", before)] == [cluster_id]
         assert calls(fake_yandex, "Cluster.Create", before) == calls(fake_yandex, "Cluster.Delete", before) == []
-        assert_jobs_on(fake_yandex, before, cluster_id, ["yandex.prepare_books"])
+        assert_jobs_on(fake_yandex, before, cluster_id, ["yandex.prepare_books"], run.run_id)
         assert cluster_status(fake_yandex, cluster_id) == "STOPPED"
         assert all(e["cluster_id"] != cluster_id for e in asset_events(SHARED_CLUSTER_RELEASED))  # not released
     finally:

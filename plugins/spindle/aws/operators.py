@@ -41,7 +41,6 @@ from spindle.backends.common import (
     spindle_labels,
 )
 
-EMR_CONSOLE = "https://console.aws.amazon.com/emr/home?region={region}#/clusterDetails/{cluster_id}"
 SERVERLESS_CONSOLE = (
     "https://console.aws.amazon.com/emr/home?region={region}#/serverless-applications/{app_id}/job-runs/{run_id}"
 )
@@ -124,17 +123,16 @@ def spark_submit_args(spec: JobSpec, conf_style: bool = False) -> list[str]:
 # --------------------------------------------------------------------------- EMR on EC2
 class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
     """``EmrCreateJobFlowOperator`` with its job flow built from the backend settings (Spark
-    application, instance groups, log URI, roles) and tagged for the reaper."""
+    application, instance groups, log URI, roles, bootstrap actions) and tagged for the reaper.
+    Links: the provider's own (EMR cluster page, its logs)."""
 
     template_fields: Sequence[str] = (*EmrCreateJobFlowOperator.template_fields, "settings")
     template_fields_renderers = {"settings": "json", "job_flow_overrides": "json"}
-    operator_extra_links = (*EmrCreateJobFlowOperator.operator_extra_links, CloudConsoleLink())
 
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
         kwargs.setdefault("emr_conn_id", None)
         super().__init__(**kwargs)
         self.settings = settings
-        self.console_url: str | None = None
 
     def build_overrides(self, context: Any) -> dict[str, Any]:
         s = self.settings
@@ -171,10 +169,7 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
         if self.settings.get("region_name"):
             self.region_name = self.settings["region_name"]
         self.job_flow_overrides = self.build_overrides(context)
-        job_flow_id = super().execute(context)
-        self.console_url = EMR_CONSOLE.format(region=self.hook.conn_region_name, cluster_id=job_flow_id)
-        context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
-        return job_flow_id
+        return super().execute(context)
 
 
 class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
@@ -223,17 +218,16 @@ class SpindleEmrStepSensor(EmrStepSensor):
     EMR uploads minutes after the step ends. The application id is read from the step's own
     ``stderr.gz`` (the spark-submit client's output); the copy waits up to the setting
     ``log_wait_seconds``, best effort: the task's result never depends on it.
-    Links: the cluster's Spark history server and console page."""
+    Links: the provider's (EMR cluster page, its logs) and the cluster's Spark history server."""
 
     template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "settings", "metrics_uri")
-    operator_extra_links = (*EmrStepSensor.operator_extra_links, CloudSparkUILink(), CloudConsoleLink())
+    operator_extra_links = (*EmrStepSensor.operator_extra_links, CloudSparkUILink())
 
     def __init__(self, *, settings: Any, metrics_uri: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics_uri = metrics_uri
         self.spark_ui_url: str | None = None
-        self.console_url: str | None = None
 
     def _step_id(self) -> str:
         step = self.step_id
@@ -259,11 +253,9 @@ class SpindleEmrStepSensor(EmrStepSensor):
             cluster = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
             dns = cluster.get("MasterPublicDnsName")
             self.spark_ui_url = f"http://{dns}:{SPARK_HISTORY_PORT}" if dns else None
-            self.console_url = EMR_CONSOLE.format(region=self.hook.conn_region_name, cluster_id=self.job_flow_id)
         except Exception as err:
-            self.log.warning("Could not work out the links of job flow %s: %s", self.job_flow_id, err)
+            self.log.warning("Could not work out the Spark history link of job flow %s: %s", self.job_flow_id, err)
         context["ti"].xcom_push(key=XCOM_SPARK_UI_URL, value=self.spark_ui_url)
-        context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
 
     def _s3(self):
         return self.hook.get_session(region_name=self.region_name).client(
