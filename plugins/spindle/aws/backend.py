@@ -54,8 +54,8 @@ EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
 
 # --------------------------------------------------------------------------- lanes
 def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
-             job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
-    """stage → create_job_flow → (<job>_submit → <job>) per job → terminate_job_flow (teardown)."""
+                   job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+    """stage → create_cluster (job flow) → (<job>_submit → <job>) per job → delete_cluster (teardown)."""
     from airflow.sdk import XComArg
 
     from spindle.aws.operators import (
@@ -65,69 +65,52 @@ def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
         SpindleEmrStepSensor,
         SpindleEmrTerminateJobFlowOperator,
     )
-    from spindle.backends.staging import StageSparkAppsOperator
+    from spindle.backends.lanes import lane
 
-    settings = check["settings"]
-    stage = StageSparkAppsOperator(
-        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="aws_conn_id",
-        scheme="s3", model_path=model, input_paths=inputs,
-    )  # fmt: skip
-    create = SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=settings)
-    previous = create
-    for job in jobs:
-        submit = SpindleEmrAddStepsOperator(
-            task_id=f"{job.task_id}_submit", job_flow_id=create.output, staged=stage.output,
-            settings=settings, **job_kwargs(job),
-        )  # fmt: skip
+    def step(job, job_flow_id, staged, settings, kwargs):
+        submit = SpindleEmrAddStepsOperator(task_id=f"{job.task_id}_submit", job_flow_id=job_flow_id, staged=staged,
+                                            settings=settings, **kwargs)  # fmt: skip
         watch = SpindleEmrStepSensor(
-            task_id=job.task_id, job_flow_id=create.output, step_id=submit.output, settings=settings,
+            task_id=job.task_id, job_flow_id=job_flow_id, step_id=submit.output, settings=settings,
             metrics_uri=XComArg(submit, key=XCOM_METRICS_URI), poke_interval=5, timeout=6 * 3600, mode="poke",
         )  # fmt: skip
-        previous >> submit >> watch
-        previous = watch
-    delete = SpindleEmrTerminateJobFlowOperator(
-        task_id="delete_cluster", job_flow_id=create.output, settings=settings,
-        waiter_delay=5, waiter_max_attempts=120,
+        submit >> watch
+        return submit, watch
+
+    return lane(
+        check, jobs, model, inputs, job_kwargs, storage_conn_key="aws_conn_id", scheme="s3",
+        create=lambda settings: SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=settings),
+        job_tasks=step,
+        delete=lambda job_flow_id, settings: SpindleEmrTerminateJobFlowOperator(
+            task_id="delete_cluster", job_flow_id=job_flow_id, settings=settings, waiter_delay=5,
+            waiter_max_attempts=120),
     )  # fmt: skip
-    stage >> create
-    previous >> delete
-    delete.as_teardown(setups=create)
-    return stage, create, delete
 
 
 def build_emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
-                        job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
-    """stage → create_application → one job run per job → delete_application (teardown)."""
+                              job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+    """stage → create_cluster (application) → one job run per job → delete_cluster (teardown)."""
     from spindle.aws.operators import (
         SpindleEmrServerlessCreateApplicationOperator,
         SpindleEmrServerlessDeleteApplicationOperator,
         SpindleEmrServerlessStartJobOperator,
     )
-    from spindle.backends.staging import StageSparkAppsOperator
+    from spindle.backends.lanes import lane
 
-    settings = check["settings"]
-    stage = StageSparkAppsOperator(
-        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="aws_conn_id",
-        scheme="s3", model_path=model, input_paths=inputs,
+    def job_run(job, application_id, staged, settings, kwargs):
+        run = SpindleEmrServerlessStartJobOperator(task_id=job.task_id, application_id=application_id,
+                                                   staged=staged, settings=settings, **kwargs)  # fmt: skip
+        return run, run
+
+    return lane(
+        check, jobs, model, inputs, job_kwargs, storage_conn_key="aws_conn_id", scheme="s3",
+        create=lambda settings: SpindleEmrServerlessCreateApplicationOperator(
+            task_id="create_cluster", settings=settings, waiter_delay=5),
+        job_tasks=job_run,
+        delete=lambda application_id, settings: SpindleEmrServerlessDeleteApplicationOperator(
+            task_id="delete_cluster", application_id=application_id, settings=settings, waiter_delay=5,
+            waiter_max_attempts=120, force_stop=True),
     )  # fmt: skip
-    create = SpindleEmrServerlessCreateApplicationOperator(task_id="create_cluster", settings=settings,
-                                                           waiter_delay=5)  # fmt: skip
-    previous = create
-    for job in jobs:
-        run = SpindleEmrServerlessStartJobOperator(
-            task_id=job.task_id, application_id=create.output, staged=stage.output, settings=settings,
-            **job_kwargs(job),
-        )  # fmt: skip
-        previous >> run
-        previous = run
-    delete = SpindleEmrServerlessDeleteApplicationOperator(
-        task_id="delete_cluster", application_id=create.output, settings=settings,
-        waiter_delay=5, waiter_max_attempts=120, force_stop=True,
-    )  # fmt: skip
-    stage >> create
-    previous >> delete
-    delete.as_teardown(setups=create)
-    return stage, create, delete
 
 
 # --------------------------------------------------------------------------- reapers

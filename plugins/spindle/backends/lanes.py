@@ -23,7 +23,7 @@ still picks the lane.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import Param, get_current_context, task
@@ -82,6 +82,49 @@ def _job_kwargs(job: Any) -> dict[str, Any]:
     if pre_execute is not None:
         kwargs["pre_execute"] = pre_execute
     return kwargs
+
+
+def lane(
+    check: Any,
+    jobs: Sequence[Any],
+    model: Any,
+    inputs: Any,
+    job_kwargs: Callable[[Any], dict[str, Any]],
+    *,
+    storage_conn_key: str,
+    scheme: str,
+    create: Callable[[Any], Any],
+    job_tasks: Callable[[Any, Any, Any, Any, dict[str, Any]], tuple[Any, Any]],
+    delete: Callable[[Any, Any], Any],
+) -> tuple[Any, Any, Any]:
+    """The skeleton every cloud lane shares: ``stage`` → ``create`` → the jobs in order →
+    ``delete`` as the teardown of ``create``; returns (stage, create, delete).
+
+    :param storage_conn_key: the setting naming the S3 connection the stage task uploads with.
+    :param scheme: the URI scheme the cluster reads the bucket with (``s3a``, ``s3``).
+    :param create: ``create(settings)`` -> the create task (its output is the cluster id).
+    :param job_tasks: ``job_tasks(job, cluster_id, staged, settings, kwargs)`` -> (first, last)
+        task of one job (a single task, or submit → wait).
+    :param delete: ``delete(cluster_id, settings)`` -> the teardown task.
+    """
+    from spindle.backends.staging import StageSparkAppsOperator
+
+    settings = check["settings"]
+    stage = StageSparkAppsOperator(
+        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key=storage_conn_key,
+        scheme=scheme, model_path=model, input_paths=inputs,
+    )  # fmt: skip
+    created = create(settings)
+    previous = created
+    for job in jobs:
+        first, last = job_tasks(job, created.output, stage.output, settings, job_kwargs(job))
+        previous >> first
+        previous = last
+    deleted = delete(created.output, settings)
+    stage >> created
+    previous >> deleted
+    deleted.as_teardown(setups=created)
+    return stage, created, deleted
 
 
 def add_backend_lanes(

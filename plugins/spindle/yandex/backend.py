@@ -85,33 +85,25 @@ def acquire_shared_cluster(context: Any, settings: dict[str, Any]) -> None:
 def build_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
                job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
     """stage → create_cluster → one PySpark job per job → delete_cluster (teardown)."""
-    from spindle.backends.staging import StageSparkAppsOperator
+    from spindle.backends.lanes import lane
     from spindle.yandex.operators import (
         SpindleDataprocCreateClusterOperator,
         SpindleDataprocDeleteClusterOperator,
         SpindleDataprocPysparkJobOperator,
     )
 
-    settings = check["settings"]
-    stage = StageSparkAppsOperator(
-        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key="s3_conn_id",
-        scheme="s3a", model_path=model, input_paths=inputs,
+    def pyspark_job(job, cluster_id, staged, settings, kwargs):
+        run = SpindleDataprocPysparkJobOperator(task_id=job.task_id, cluster_id=cluster_id, staged=staged,
+                                                settings=settings, **kwargs)  # fmt: skip
+        return run, run
+
+    return lane(
+        check, jobs, model, inputs, job_kwargs, storage_conn_key="s3_conn_id", scheme="s3a",
+        create=lambda settings: SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings),
+        job_tasks=pyspark_job,
+        delete=lambda cluster_id, settings: SpindleDataprocDeleteClusterOperator(
+            task_id="delete_cluster", cluster_id=cluster_id, settings=settings),
     )  # fmt: skip
-    create = SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings)
-    previous = create
-    for job in jobs:
-        run = SpindleDataprocPysparkJobOperator(
-            task_id=job.task_id, cluster_id=create.output, staged=stage.output, settings=settings,
-            **job_kwargs(job),
-        )  # fmt: skip
-        previous >> run
-        previous = run
-    delete = SpindleDataprocDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output,
-                                                  settings=settings)  # fmt: skip
-    stage >> create
-    previous >> delete
-    delete.as_teardown(setups=create)
-    return stage, create, delete
 
 
 def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
