@@ -40,12 +40,10 @@ BACKENDS = {
 
 @pytest.fixture(scope="module")
 def moto():
-    from tests.fakes.aws import MotoServer
+    from tests.fakes.aws import moto_bucket
 
-    server = MotoServer().start()
-    server.client("s3").create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with moto_bucket(BUCKET) as server:
+        yield server
 
 
 def set_conn(monkeypatch, conn_id: str, **conn) -> None:

@@ -107,17 +107,14 @@ def moto_s3(tmp_path_factory):
     import json
     import os
 
-    from tests.fakes.aws import MotoServer
+    from tests.fakes.aws import moto_bucket
 
-    server = MotoServer().start()
-    server.client("s3").create_bucket(Bucket="stage-bucket")
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
-    saved = os.environ.get("AIRFLOW_CONN_STAGE_S3")
-    os.environ["AIRFLOW_CONN_STAGE_S3"] = json.dumps(conn)
-    yield server
-    os.environ.pop("AIRFLOW_CONN_STAGE_S3") if saved is None else os.environ.update(AIRFLOW_CONN_STAGE_S3=saved)
-    server.stop()
+    with moto_bucket("stage-bucket") as server:
+        conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+                "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
+        os.environ["AIRFLOW_CONN_STAGE_S3"] = json.dumps(conn)
+        yield server
+        os.environ.pop("AIRFLOW_CONN_STAGE_S3")
 
 
 def stage(inputs, models, run_id):

@@ -33,12 +33,15 @@ The only changes to moto: the module constants it gives new objects: a job run s
 
 from __future__ import annotations
 
+import contextlib
+
 import gzip
 import logging
 import shlex
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -100,6 +103,17 @@ class MotoServer:
 
     def s3_settings(self) -> S3Settings:
         return S3Settings(self.endpoint_url, region=REGION)
+
+
+@contextlib.contextmanager
+def moto_bucket(bucket: str) -> Iterator[MotoServer]:
+    """A moto server with one bucket, stopped on exit (tests that need S3 and nothing else)."""
+    server = MotoServer().start()
+    try:
+        server.client("s3").create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- spark-submit parsing

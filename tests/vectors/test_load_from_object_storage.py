@@ -40,12 +40,10 @@ RUN = "runs/spindle_nightly_books/scheduled__2026-11-25T02_00_00_00_00"
 
 @pytest.fixture(scope="module")
 def moto():
-    from tests.fakes.aws import MotoServer
+    from tests.fakes.aws import moto_bucket
 
-    server = MotoServer().start()
-    server.client("s3").create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
+    with moto_bucket(BUCKET) as server:
+        yield server
 
 
 def put_spark_folder(moto, key: str, table: pa.Table, parts: int = 2) -> None:
