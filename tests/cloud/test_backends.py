@@ -30,6 +30,7 @@ from conftest import (
     set_backend_settings,
 )
 from spindle.pipelines import run_key
+from spindle.vectors.search import run_search
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -39,6 +40,9 @@ BROKEN_SPARK = {"spark_properties": {"spark.executor.memory": "not-a-size"}}
 NIGHTLY_TASKS = ("stage", "create_cluster", "prepare_books", "embed_text", "embed_images", "delete_cluster")
 LLM = "spindle_llm_transform"
 LLM_CONF = {"limit": 40, "max_new_tokens": 4, "batch_size": 8}
+#: The marker each lane's job task writes around the driver log it copies into the task log.
+DRIVER_LOG_TITLE = {"yandex": "driver log (Data Proc job log API): begin", "emr": "driver log of step",
+                    "emr_serverless": "driver log of job run"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +146,7 @@ def clouds(request):
 # --------------------------------------------------------------------------- both DAGs, every lane
 @pytest.mark.parametrize("backend", CLOUDS)
 def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, cluster_environment, models, covers,
-                                                        local, clouds, no_new_spark_processes):  # fmt: skip
+                                                        local, clouds, capfd, no_new_spark_processes):  # fmt: skip
     fakes = clouds(backend)
     set_backend_settings(backend)
     before = fakes.snapshot()
@@ -185,6 +189,16 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, c
         assert store.resolve_alias("books_covers") == loaded["outputs"]["books_covers"]
         hits = search(store, "books_text", list(embeddings["vector"][:3]), 1)
         assert [h[0].id for h in hits] == list(embeddings["id"][:3])
+        # and the search command's path: a text query embedded with the collection's own model
+        info, found = run_search(store, "books_text", "a detective story in foggy London", 5)
+        assert info.prop("version") == loaded["version"] and len(found) == 5
+        assert {hit.id for hit in found} <= set(embeddings["id"]) and all(hit.title for hit in found)
+
+    # the driver's log reached the task log, from where the service puts it (after its late upload)
+    out = capfd.readouterr().out
+    assert DRIVER_LOG_TITLE[backend] in out
+    if backend != "yandex":  # Data Proc's job log API shows the YARN client in cluster mode
+        assert "SPINDLE_METRICS " in out  # the job's last stdout line, from the driver's own log
 
     # the LLM DAG: its input table reaches the bucket, its labels equal the local lane's
     before = fakes.snapshot()
