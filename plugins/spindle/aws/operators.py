@@ -332,27 +332,30 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
     copied into the task log, waiting up to the setting ``log_wait_seconds``.
 
     The driver's environment goes through ``spark.emr-serverless.driverEnv.*`` (Serverless
-    ignores YARN's ``spark.yarn.appMasterEnv.*``); archives through ``spark.archives``."""
+    ignores YARN's ``spark.yarn.appMasterEnv.*``); archives through ``spark.archives``.
+
+    Links: the provider's own, with its application UI links on (``enable_application_ui_links``:
+    the Spark UI dashboard and the driver's stdout, made one-time when clicked, so they never
+    expire in the UI), plus the job run's console page."""
 
     driver_env_prefix = "spark.emr-serverless.driverEnv."
 
     template_fields: Sequence[str] = (*EmrServerlessStartJobOperator.template_fields, *JobSpec.spec_template_fields)
     template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json", "job_driver": "json"}
-    operator_extra_links = (*EmrServerlessStartJobOperator.operator_extra_links, CloudSparkUILink(),
-                            CloudConsoleLink())  # fmt: skip
+    operator_extra_links = (*EmrServerlessStartJobOperator.operator_extra_links, CloudConsoleLink())
 
     def __init__(self, *, job: str, staged: Any, settings: Any, application_id: Any, job_args=None,
                  application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
                  driver_memory=None, conf=None, **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("execution_role_arn", "from-settings")
         kwargs.setdefault("job_driver", {})
+        kwargs.setdefault("enable_application_ui_links", True)
         super().__init__(application_id=application_id, **kwargs)
         self.init_spec(
             job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
             executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
             driver_memory=driver_memory, conf=conf,
         )  # fmt: skip
-        self.spark_ui_url: str | None = None
         self.console_url: str | None = None
 
     def execute(self, context: Any, event: dict[str, Any] | None = None) -> Any:
@@ -401,13 +404,6 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
             return
         region = self.hook.conn_region_name
         self.console_url = SERVERLESS_CONSOLE.format(region=region, app_id=self.application_id, run_id=run_id)
-        try:
-            self.spark_ui_url = self.hook.conn.get_dashboard_for_job_run(
-                applicationId=self.application_id, jobRunId=run_id
-            ).get("url")
-        except Exception:  # the dashboard API is optional (and not in every emulator)
-            self.spark_ui_url = self.console_url
-        context["ti"].xcom_push(key=XCOM_SPARK_UI_URL, value=self.spark_ui_url)
         context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
         prefix = f"{self.log_base.rstrip('/')}/applications/{self.application_id}/jobs/{run_id}/SPARK_DRIVER"
         try:
