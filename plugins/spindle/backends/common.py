@@ -21,7 +21,7 @@ from airflow.sdk import BaseOperatorLink
 
 from spindle.backends import environment
 from spindle.hooks.spark_app import parse_metrics_line
-from spindle.operators.spark_app import DEFAULT_CONF, job_args_to_cli
+from spindle.operators.spark_app import DEFAULT_CONF, job_args_to_cli, spark_conf_mapping
 
 #: Label/tag keys put on everything Spindle creates, so leaks are findable (see the reaper).
 LABEL_MANAGED = "spindle-managed"
@@ -64,15 +64,6 @@ def memory(value: int | str | None) -> str | None:
 def rewrite_args(args: Sequence[str], rewrites: Mapping[str, str]) -> list[str]:
     """Replace arguments that are local paths the stage task uploaded."""
     return [rewrites.get(str(a), str(a)) for a in args]
-
-
-def spark_conf_mapping(conf: Any) -> dict[str, str]:
-    """The run's ``spark_conf`` (a mapping, or its rendered JSON string) as Spark properties."""
-    if isinstance(conf, str):
-        conf = json.loads(conf) if conf.strip() else {}
-    if not isinstance(conf, Mapping):
-        raise ValueError(f"conf must be a mapping of Spark properties, got {type(conf).__name__}")
-    return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in conf.items()}
 
 
 def _split_list(value: str) -> list[str]:
@@ -174,8 +165,8 @@ class JobSpec:
     def environment_archive(self) -> str | None:
         """The cluster environment (``uri#environment``) for jobs that run a model; a job without
         one (prepare_books) runs on the image's own Python and ships nothing."""
-        environment = (self.staged or {}).get("environment")
-        return environment if environment and self.model_archives() else None
+        shipped = (self.staged or {}).get("environment")
+        return shipped if shipped and self.model_archives() else None
 
     def job_env(self) -> dict[str, str]:
         """Environment of the driver and the executors: the secrets *reference* (never a value),
@@ -190,7 +181,7 @@ class JobSpec:
 
     def _user_properties(self) -> dict[str, str]:
         props = {str(k): str(v) for k, v in self.setting("spark_properties", {}).items()}
-        props.update(spark_conf_mapping(self.conf or {}))
+        props.update(spark_conf_mapping(self.conf))
         return props
 
     def spark_properties(self) -> dict[str, str]:

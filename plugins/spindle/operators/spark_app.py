@@ -32,6 +32,15 @@ def _conf_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def spark_conf_mapping(conf: Mapping[str, Any] | str | None) -> dict[str, str]:
+    """Extra Spark properties given as a mapping or as its JSON string (a rendered
+    ``"{{ params.spark_conf | tojson }}"``), as ``{key: value}`` strings."""
+    extra = json.loads(conf) if isinstance(conf, str) and conf.strip() else conf
+    if extra and not isinstance(extra, Mapping):
+        raise ValueError(f"conf must be a mapping of Spark properties, got {type(extra).__name__}")
+    return {str(k): _conf_value(v) for k, v in (extra or {}).items()}
+
+
 def job_args_to_cli(job_args: Mapping[str, Any] | None) -> list[str]:
     """``{"input": "a", "min_pages": 100, "languages": ["eng", "fre"], "dry_run": True}`` ->
     ``--input a --min-pages 100 --languages eng fre --dry-run``. ``None``, ``False`` and ``""``
@@ -181,10 +190,7 @@ class SparkAppJobOperator(BaseOperator):
         conf.update(cluster_conf)
         if self.task_cpus not in (None, ""):
             conf["spark.task.cpus"] = str(int(self.task_cpus))
-        extra = json.loads(self.conf) if isinstance(self.conf, str) and self.conf.strip() else self.conf
-        if extra and not isinstance(extra, Mapping):
-            raise ValueError(f"conf must be a mapping of Spark properties, got {type(extra).__name__}")
-        conf.update({str(k): _conf_value(v) for k, v in (extra or {}).items()})
+        conf.update(spark_conf_mapping(self.conf))
         return conf
 
     @staticmethod
