@@ -2,11 +2,13 @@
 copier, the "Spark UI"/console links, and the run's staged artifacts.
 
 A cloud job task is described exactly like a local one (:class:`SparkAppJobOperator`): a job
-name under ``spark_apps/jobs/``, ``job_args`` turned into ``--key value``, sizing. On a managed
-cluster the job also gets the *staged* artifacts (XCom of the stage task, see
-:mod:`spindle.backends.staging`): the job file's URI, the ``spark_apps`` wheel as a py-file, the
-model archive, and ``rewrites``: local paths the stage task uploaded, replaced in the job's
-arguments by their remote URI or archive alias.
+name under ``spark_apps/jobs/``, ``job_args`` turned into ``--key value``, sizing, extra Spark
+properties. On a managed cluster the job also gets the *staged* artifacts (XCom of the stage
+task, see :mod:`spindle.backends.staging`): the job file's URI, the ``spark_apps`` wheel as a
+py-file, the cluster environment and the model archives its arguments name, and ``rewrites``:
+local paths the stage task uploaded, replaced in the job's arguments by their remote URI or
+archive alias. The job writes its metrics to the bucket (``--metrics-output``), where the task
+reads them.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from typing import Any
 from airflow.sdk import BaseOperatorLink
 
 from spindle.backends import environment
-from spindle.hooks.spark_app import parse_metrics_line
 from spindle.operators.spark_app import DEFAULT_CONF, job_args_to_cli, spark_conf_mapping
 
 #: Label/tag keys put on everything Spindle creates, so leaks are findable (see the reaper).
@@ -215,14 +216,6 @@ class JobSpec:
         own = [self.environment_archive()] if self.environment_archive() else []
         return _merged(own, self.model_archives(), _split_list(user.get("spark.archives", "")),
                        _split_list(user.get("spark.yarn.dist.archives", "")))  # fmt: skip
-
-    def read_metrics(self, log_text: str) -> dict[str, Any] | None:
-        """Metrics from a driver log (the local lane and tests; cloud tasks read the bucket)."""
-        for line in log_text.splitlines():
-            found = parse_metrics_line(line)
-            if found is not None:
-                self.metrics = found
-        return self.metrics
 
     def fetch_metrics(self, s3_conn_id: str) -> dict[str, Any]:
         self.metrics = fetch_metrics(s3_conn_id, self.metrics_uri, f"job {self.job!r}")
