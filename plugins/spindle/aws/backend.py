@@ -122,7 +122,7 @@ def _aws_client(settings: Mapping[str, Any], service: str):
 
 
 def reap_emr(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
-    from spindle.backends.reaper import finding
+    from spindle.backends.reaper import act_on, finding
 
     emr = _aws_client(settings, "emr")
     findings = []
@@ -133,20 +133,14 @@ def reap_emr(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | N
             found = finding("emr", cluster["Id"], cluster.get("Name", ""), tags, now, ttl_override)
             if found is None:
                 continue
-            if found.expired:
-                found.action = "would terminate" if dry_run else "terminated"
-                if not dry_run:
-                    try:
-                        emr.terminate_job_flows(JobFlowIds=[cluster["Id"]])
-                    except Exception as err:
-                        found.action, found.error = "terminate failed", str(err)
+            act_on(found, dry_run, _terminate, emr, cluster["Id"], verb="terminate")
             findings.append(found)
     return findings
 
 
 def reap_emr_serverless(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
                         now: float) -> list[Any]:  # fmt: skip
-    from spindle.backends.reaper import finding
+    from spindle.backends.reaper import act_on, finding
 
     client = _aws_client(settings, "emr-serverless")
     findings = []
@@ -157,23 +151,26 @@ def reap_emr_serverless(settings: Mapping[str, Any], dry_run: bool, ttl_override
                              now, ttl_override)  # fmt: skip
             if found is None:
                 continue
-            if found.expired:
-                found.action = "would delete" if dry_run else "deleted"
-                if not dry_run:
-                    try:
-                        if app["state"] not in ("CREATED", "STOPPED"):
-                            client.stop_application(applicationId=app["applicationId"])
-                            for _ in range(120):
-                                state = client.get_application(applicationId=app["applicationId"])
-                                if state["application"]["state"] == "STOPPED":
-                                    break
-                                time.sleep(5)
-                        client.delete_application(applicationId=app["applicationId"])
-                    except Exception as err:
-                        found.action, found.error = "delete failed", str(err)
+            act_on(found, dry_run, _stop_and_delete, client, app)
             findings.append(found)
     return findings
 
+
+
+def _terminate(emr: Any, job_flow_id: str) -> None:
+    emr.terminate_job_flows(JobFlowIds=[job_flow_id])
+
+
+def _stop_and_delete(client: Any, app: Mapping[str, Any]) -> None:
+    """An application can be deleted only when CREATED or STOPPED: stop it first and wait."""
+    if app["state"] not in ("CREATED", "STOPPED"):
+        client.stop_application(applicationId=app["applicationId"])
+        for _ in range(120):
+            state = client.get_application(applicationId=app["applicationId"])
+            if state["application"]["state"] == "STOPPED":
+                break
+            time.sleep(5)
+    client.delete_application(applicationId=app["applicationId"])
 
 
 EMR = Backend(name="emr", title="EMR on EC2", settings=EMR_SETTINGS, build_lane=build_emr_lane, reap=reap_emr)

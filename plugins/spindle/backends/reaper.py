@@ -13,6 +13,7 @@ has the verdict (:func:`finding`) and the report.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -49,6 +50,21 @@ def finding(backend: str, resource_id: str, name: str, labels: dict[str, str], n
     age = (now - created) / 3600 if created else float("inf")
     return Finding(backend, resource_id, name, labels.get(LABEL_DAG, ""), labels.get(LABEL_RUN, ""),
                    round(age, 2), ttl, age > ttl)  # fmt: skip
+
+
+def act_on(found: Finding, dry_run: bool, delete: Callable[..., Any], *args: Any, verb: str = "delete") -> None:
+    """Carry out the verdict: an expired resource is deleted with ``delete(*args)`` unless this
+    is a dry run; the finding records what was (or would be) done, or the error."""
+    if not found.expired:
+        return
+    past = "terminated" if verb == "terminate" else "deleted"
+    found.action = f"would {verb}" if dry_run else past
+    if dry_run:
+        return
+    try:
+        delete(*args)
+    except Exception as err:
+        found.action, found.error = f"{verb} failed", str(err)
 
 
 def reap(backends: list[str], dry_run: bool = True, ttl_hours: float | None = None,

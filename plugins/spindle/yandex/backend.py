@@ -110,7 +110,7 @@ def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
     """Delete the Spindle-labelled Data Proc clusters of the folder past their TTL."""
     import yandex.cloud.dataproc.v1.cluster_pb2 as cluster_pb
 
-    from spindle.backends.reaper import finding
+    from spindle.backends.reaper import act_on, finding
     from spindle.yandex.hooks import SpindleDataprocHook
 
     hook = SpindleDataprocHook(yandex_conn_id=settings["connection_id"])
@@ -121,13 +121,7 @@ def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
         found = finding("yandex", cluster.id, cluster.name, dict(cluster.labels), now, ttl_override)
         if found is None:
             continue
-        if found.expired:
-            found.action = "would delete" if dry_run else "deleted"
-            if not dry_run:
-                try:
-                    hook.dataproc_client.delete_cluster(cluster.id)
-                except Exception as err:
-                    found.action, found.error = "delete failed", str(err)
+        act_on(found, dry_run, hook.dataproc_client.delete_cluster, cluster.id)
         findings.append(found)
     return findings
 
