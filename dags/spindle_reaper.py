@@ -3,10 +3,12 @@
 
 Lists the Data Proc clusters, EMR job flows and EMR Serverless applications labelled
 `spindle-managed=true` (every Spindle create is labelled with its DAG id, run id, creation time
-and TTL), and deletes those older than their `spindle-ttl-hours` label (or the `ttl_hours`
-param). **Dry run by default**: the report lists what would be deleted; trigger with
-`dry_run: false` to delete. Backends whose settings Variable (`spindle_backend_<name>`) is
-not set are skipped and reported.
+and TTL) and marks those older than their `spindle-ttl-hours` label (or the `ttl_hours` param)
+as expired. **Scheduled runs delete** the expired ones (Data Proc clusters deleted, EMR job flows
+terminated, Serverless applications stopped and deleted), whatever the `dry_run` param says.
+**Manual runs are dry runs by default** (`dry_run` defaults to true): the report lists what
+would be deleted and nothing is; trigger with `dry_run: false` to delete. Backends whose
+settings Variable (`spindle_backend_<name>`) is not set are skipped and reported.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from spindle.backends.registry import names as cloud_backends
 
 with DAG(
     dag_id="spindle_reaper",
-    description="Delete Spindle's cloud clusters and applications past their TTL (dry run by default)",
+    description="Delete Spindle's cloud resources past their TTL (manual runs: dry run by default)",
     schedule="30 * * * *",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -26,7 +28,7 @@ with DAG(
     doc_md=__doc__,
     params={
         "dry_run": Param(True, type="boolean", title="Dry run",
-                         description="Only report what would be deleted."),
+                         description="Manual runs: only report what would be deleted. Scheduled runs always delete."),
         "backends": Param(list(cloud_backends()), type="array",
                           items={"type": "string", "enum": list(cloud_backends())},
                           minItems=1, title="Backends", description="Clouds to look in."),
@@ -37,11 +39,13 @@ with DAG(
 
     @task(task_id="reap")
     def reap_expired() -> dict:
-        """List Spindle-labelled resources, delete the expired ones unless dry run; the report
-        is printed and returned (XCom)."""
-        from spindle.backends.reaper import reap
+        """List Spindle-labelled resources and delete the expired ones: always in a scheduled
+        run, in a manual one unless ``dry_run``; the report is printed and returned (XCom)."""
+        from spindle.backends.reaper import is_dry_run, reap
 
-        params = get_current_context()["params"]
-        return reap(list(params["backends"]), dry_run=bool(params["dry_run"]), ttl_hours=params["ttl_hours"])
+        context = get_current_context()
+        params = context["params"]
+        dry_run = is_dry_run(context["dag_run"].run_type, bool(params["dry_run"]))
+        return reap(list(params["backends"]), dry_run=dry_run, ttl_hours=params["ttl_hours"])
 
     reap_expired()

@@ -1,6 +1,16 @@
 # Shared environment for Spindle's scripts. Source it:  . scripts/env.sh
 # Everything lives inside the repository: the virtualenv, the Airflow home, run outputs.
-SPINDLE_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Works when sourced from bash or zsh (macOS's default shell) from any folder, and from a
+# plain POSIX sh in the repository root.
+if [ -n "${BASH_VERSION:-}" ]; then
+  eval '_spindle_env="${BASH_SOURCE[0]}"'
+elif [ -n "${ZSH_VERSION:-}" ]; then
+  eval '_spindle_env="${(%):-%x}"'
+else
+  _spindle_env="scripts/env.sh"
+fi
+SPINDLE_REPO="$(cd "$(dirname "$_spindle_env")/.." && pwd)"
+unset _spindle_env
 export SPINDLE_REPO
 export SPINDLE_VENV="$SPINDLE_REPO/.venv"
 export SPINDLE_HOME="${SPINDLE_HOME:-$SPINDLE_REPO/.spindle}"   # run outputs, cluster logs

@@ -1,6 +1,6 @@
 """Offline evaluation of the pipeline's own vectors and search path on public benchmarks.
 
-    PYTHONPATH=plugins python -m spindle.evaluation [--manifest runs/.../manifest.json]
+    PYTHONPATH=plugins python -m spindle.evaluation [--manifest runs/spindle_nightly_books/<run>/manifest.json]
 
 1. One sentence table (STS Benchmark dev sentences, Cranfield documents and queries) is embedded
    by the ``embed_text`` job, run as its CLI on a local Spark master: the production path.
@@ -12,7 +12,9 @@
    it); ANN recall@10 = overlap of Milvus's top 10 with the exact top 10.
 
 Results print as a table and go to ``--output`` (JSON) and, with ``--manifest``, into that
-run manifest's ``evaluation`` key.
+run manifest's ``evaluation`` key. ``--manifest`` is a path that exists as given (absolute or
+relative to the current directory) or a run path relative to the warehouse root
+(``runs/spindle_nightly_books/<run>/manifest.json``, as the DAGs write it), checked before any work.
 """
 
 from __future__ import annotations
@@ -223,6 +225,49 @@ def table_lines(results: Mapping[str, Any], k: int = 10) -> list[str]:
     return lines
 
 
+def local_warehouse_root(conn_id: str | None = None) -> str:
+    """The warehouse root as the jobs resolve it: ``extra.root`` of the warehouse connection in a
+    local secrets file (``$SPINDLE_SECRETS_SOURCE`` or Airflow's LocalFilesystemBackend, as
+    ``scripts/env.sh`` sets it), else the local default ``$SPINDLE_HOME/warehouse``. Other secrets
+    sources (Lockbox, Secrets Manager) are not queried: their roots are buckets."""
+    from spindle.config import DEFAULT_WAREHOUSE_CONN_ID, secrets_source, spindle_home
+
+    try:
+        source = secrets_source()
+    except Exception:  # noqa: BLE001 - no Airflow configuration: the default root
+        source = None
+    if source and source.startswith("file://"):
+        try:
+            from spark_apps.common import secrets as job_secrets
+
+            root = job_secrets.get_connection(conn_id or DEFAULT_WAREHOUSE_CONN_ID, source).extra.get("root")
+        except Exception:  # noqa: BLE001 - unreadable file or no such connection: the default root
+            root = None
+        if root:
+            return str(root)
+    return str(spindle_home() / "warehouse")
+
+
+def resolve_manifest(value: str, root: str | None = None) -> Path:
+    """The manifest file ``--manifest`` names: the path as given when it exists (absolute or
+    relative to the current directory), else a run path under the warehouse root
+    (``runs/spindle_nightly_books/<run>/manifest.json``). Raises FileNotFoundError naming both."""
+    given = Path(value).expanduser()
+    if given.is_file():
+        return given
+    tried = [str(given.resolve())]
+    if not given.is_absolute():
+        root = root or local_warehouse_root()
+        if "://" in root:
+            tried.append(f"{root.rstrip('/')}/{value} (object storage: copy the manifest here and pass its path)")
+        else:
+            under_root = Path(root) / value
+            if under_root.is_file():
+                return under_root
+            tried.append(str(under_root))
+    raise FileNotFoundError(f"--manifest {value}: no such file; tried " + " and ".join(tried))
+
+
 def merge_into_manifest(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     manifest_path = Path(path)
     doc = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
@@ -280,18 +325,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work", help="folder for the sentence table and vectors (default: a temp dir)")
     parser.add_argument("--vectors", help="eval_vectors.parquet of an earlier run's --work: evaluate it, no job run")
     parser.add_argument("--output", help="write the results JSON here")
-    parser.add_argument("--manifest", help="a run manifest.json: the results go to its 'evaluation' key")
+    parser.add_argument(
+        "--manifest",
+        help="a run manifest.json, as a path or relative to the warehouse root "
+        "(runs/spindle_nightly_books/<run>/manifest.json): the results go to its 'evaluation' key",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    manifest = None
+    if args.manifest:  # before the (long) evaluation: a wrong path fails at once
+        try:
+            manifest = resolve_manifest(args.manifest)
+        except FileNotFoundError as err:
+            raise SystemExit(f"spindle.evaluation: {err}") from None
     results = evaluate(args)
     print("\n".join(table_lines(results, args.k)))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    if args.manifest:
-        merge_into_manifest(args.manifest, results)
+    if manifest is not None:
+        merge_into_manifest(manifest, results)
+        print(f"evaluation stored in {manifest}")
     return results
 
 

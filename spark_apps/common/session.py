@@ -2,6 +2,7 @@
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 
@@ -23,6 +24,35 @@ def _master_already_set():
     return SparkConf().contains("spark.master") or bool(os.environ.get("MASTER"))
 
 
+def _default_worker_python(master, conf):
+    """In local mode, let the Python workers run this very interpreter unless told otherwise.
+
+    PySpark starts its workers with ``$PYSPARK_PYTHON``, else ``python3`` from PATH: run as
+    ``.venv/bin/python -m spark_apps.jobs.X`` without ``scripts/env.sh``, that is the system
+    Python, which lacks pandas, pyarrow and the model libraries. A configured
+    ``PYSPARK_PYTHON`` or ``spark.pyspark.python`` (``conf``, spark-submit, spark-defaults.conf)
+    wins; on a cluster the cluster decides.
+    """
+    if os.environ.get("PYSPARK_PYTHON") or "spark.pyspark.python" in (conf or {}) or not sys.executable:
+        return
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    jvm_conf = SparkConf()
+    if jvm_conf.contains("spark.pyspark.python"):
+        return
+    effective = (
+        master
+        or (conf or {}).get("spark.master")
+        or jvm_conf.get("spark.master", None)
+        or os.environ.get("MASTER")
+        or DEFAULT_MASTER
+    )
+    if effective.startswith("local"):
+        # Read by SparkContext when it starts (sc.pythonExec), which the workers are spawned with.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+
+
 def get_spark(app_name, master=None, conf=None):
     """Return ``(spark, owned)``: an existing active session is reused (tests, notebooks), else
     a new one on ``master``, spark-submit's master, or ``local[*]``. ``owned`` tells the caller
@@ -32,6 +62,7 @@ def get_spark(app_name, master=None, conf=None):
     active = SparkSession.getActiveSession()
     builder = SparkSession.builder.appName(app_name)
     if active is None:
+        _default_worker_python(master, conf)
         if master:
             builder = builder.master(master)
         elif not _master_already_set():

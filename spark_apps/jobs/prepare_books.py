@@ -44,6 +44,7 @@ EDITION_SCHEMA = T.StructType(
         T.StructField("covers", T.ArrayType(T.LongType())),
         T.StructField("authors", T.ArrayType(_KEY)),
         T.StructField("works", T.ArrayType(_KEY)),
+        T.StructField("by_statement", T.StringType()),
     ]
 )
 FIELDS = EDITION_SCHEMA.fieldNames()
@@ -53,8 +54,13 @@ _PARSE_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
 _YEAR_RE = r"(?<![0-9])([0-9]{4})(?![0-9])"  # first 4-digit number: "May 12, 1999", "c1999"
 BOOK_COLUMNS = (
     "id", "title", "subtitle", "description", "subjects", "languages", "number_of_pages",
-    "publish_date", "publish_year", "cover_ids", "author_keys", "work_keys", "text",
+    "publish_date", "publish_year", "cover_ids", "author_keys", "work_keys", "author", "text",
 )
+# by_statement clean-up: its first part (before " ; ": illustrators, translators follow), without
+# a leading "by", brackets, "with an introduction by ..." and trailing punctuation.
+_BY_PREFIX_RE = r"(?i)^\s*by\s+"
+_BY_TAIL_RE = r"(?i)(^|\s*,?\s+)with\s+(a|an)\s+(new\s+)?(introduction|foreword|preface|afterword)\b.*$"
+_BY_TRIM_RE = r"^[\s\[\]().,:;/-]+|[\s\[\]().,:;/-]+$"
 
 
 def parse_args(argv=None):
@@ -84,6 +90,11 @@ def parse_args(argv=None):
         help="year the age is counted from; default: the current year",
     )
     parser.add_argument("--limit", type=cli.optional_int, default=None, help="read at most N lines")
+    parser.add_argument(
+        "--authors", type=cli.optional_text, default=None,
+        help="Open Library authors dump (same 5-column format; a file, folder or glob): names for the "
+        "books whose edition has no by_statement, by their author keys; default: none",
+    )
     args = parser.parse_args(argv)
     args.languages = cli.word_list(args.languages)
     if args.reference_year is None:
@@ -192,6 +203,42 @@ def extract_book(editions):
         ),
         F.coalesce(_keys(e.getField("authors")), no_strings).alias("author_keys"),
         F.coalesce(_keys(e.getField("works")), no_strings).alias("work_keys"),
+        clean_by_statement(e.getField("by_statement")).alias("author"),
+    )
+
+
+def clean_by_statement(column):
+    """A display name from an edition's ``by_statement`` ("by Robb Armstrong." -> "Robb
+    Armstrong"; "Andrew Matthews ; illustrated by ..." -> "Andrew Matthews"); null when empty."""
+    first = F.split(column, r"\s*;\s*", 2).getItem(0)
+    name = F.regexp_replace(F.regexp_replace(first, _BY_TAIL_RE, ""), _BY_PREFIX_RE, "")
+    return _blank_to_null(F.regexp_replace(F.regexp_replace(name, "[\\[\\]]", ""), _BY_TRIM_RE, ""))
+
+
+def author_names(spark, path):
+    """``key``, ``name`` of every author in an Open Library authors dump (lines with 5 columns
+    and a JSON ``name``; others are ignored: this is a lookup, not an input to account for)."""
+    parts = F.split(F.col("value"), "\t", -1)
+    json_text = parts.getItem(N_COLUMNS - 1)
+    rows = spark.read.text(path).where(F.size(parts) == N_COLUMNS).select(
+        F.get_json_object(json_text, "$.key").alias("key"),
+        _blank_to_null(F.get_json_object(json_text, "$.name")).alias("name"),
+    )
+    return rows.where(F.col("key").isNotNull() & F.col("name").isNotNull()).dropDuplicates(["key"])
+
+
+def with_dump_authors(books, authors):
+    """Fill ``author`` where it is null from the authors dump: the names of the book's author
+    keys, in the edition's order, joined by ", " (keys the dump lacks are left out)."""
+    keys = books.where(F.col("author").isNull()).select("id", F.posexplode("author_keys").alias("pos", "key"))
+    named = keys.join(authors, "key").groupBy("id").agg(
+        F.array_join(
+            F.transform(F.array_sort(F.collect_list(F.struct("pos", "name"))), lambda s: s.getField("name")), ", "
+        ).alias("_dump_author")
+    )
+    joined = books.join(named, "id", "left")
+    return joined.select(
+        *[F.coalesce("author", "_dump_author").alias(c) if c == "author" else F.col(c) for c in books.columns]
     )
 
 
@@ -278,13 +325,19 @@ def run(spark, args, warehouse, watch):
         outcomes = outcome(books, flags).persist(StorageLevel.MEMORY_AND_DISK)
         counts = summarize(outcomes, list(flags))
     with watch.stage("write_books"):
-        io.write_parquet(outcomes.where(F.col("status") == "kept").select("book.*"), outputs["books"])
+        kept = outcomes.where(F.col("status") == "kept").select("book.*")
+        if args.authors:
+            kept = with_dump_authors(kept, author_names(spark, warehouse.path(args.authors)))
+        io.write_parquet(kept, outputs["books"])
+    with watch.stage("count_authors"):  # one column of the small output: no second pass over the dump
+        with_author = spark.read.parquet(outputs["books"]).where(F.col("author").isNotNull()).count()
     with watch.stage("write_quarantine"):
         quarantined = outcomes.where(F.col("status") == "quarantined")
         io.write_parquet(quarantined.select("line", "reason", "detail", "source_file"), outputs["quarantine"])
     outcomes.unpersist()
     counts.update(
         {
+            "rows_with_author": with_author,
             "input": source,
             "outputs": outputs,
             "filters": {
@@ -295,6 +348,7 @@ def run(spark, args, warehouse, watch):
                 "reference_year": args.reference_year,
                 "limit": args.limit,
             },
+            "authors_dump": warehouse.path(args.authors) if args.authors else None,
         }
     )
     return counts

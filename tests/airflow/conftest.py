@@ -1,27 +1,11 @@
-"""Fixtures of the Airflow-side tests. ``airflow_testenv`` (imported first) points Airflow at an
-isolated home, DB, secrets file and warehouse before anything imports Airflow."""
+"""Fixtures of the Airflow-side tests (the isolated Airflow, its DB and the DagBag are shared:
+``tests/conftest.py``): no Spark cluster of this session may outlive its test or the session."""
 
 from __future__ import annotations
 
-import airflow_testenv  # noqa: F401  (must run before any Airflow import)
 import pytest
-from airflow_testenv import AIRFLOW_HOME, REPO, spark_daemon_pids
 
-
-@pytest.fixture(scope="session")
-def airflow_db():
-    """A fresh metadata DB for the session (Airflow's ``db migrate`` equivalent)."""
-    from airflow.utils import db
-
-    db.initdb()
-    return AIRFLOW_HOME / "airflow.db"
-
-
-@pytest.fixture(scope="session")
-def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
+from tests.support.airflow_env import spark_daemon_pids
 
 
 def leftover_daemons() -> list[str]:

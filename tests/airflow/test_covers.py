@@ -6,7 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from airflow_testenv import REPO
+
+from tests.support.airflow_env import REPO
 
 DAG_ID = "spindle_nightly_books"
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from airflow_testenv import REPO
 from spindle.operators.local_spark import (
     LocalSparkCreateClusterOperator,
     LocalSparkDeleteClusterOperator,
 )
 from spindle.operators.spark_app import SparkAppJobOperator
+
+from tests.support.airflow_env import REPO
 
 DAG_IDS = {"spindle_nightly_books", "spindle_llm_transform"}
 

@@ -9,7 +9,6 @@ calls ``dag.test()`` in-process. Runs are sequential: one cluster at a time on 2
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import psutil
 import pytest
-from airflow_testenv import (
+
+from tests.support.airflow_env import (
     AIRFLOW_HOME,
     CONNECTIONS_FILE,
     REPO,
@@ -56,15 +57,7 @@ class ProcWatch:
 
     @staticmethod
     def _parents() -> dict[int, int]:
-        parents = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    stat = Path(entry.path, "stat").read_text()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        return parents
+        return {p.info["pid"]: p.info["ppid"] for p in psutil.process_iter(["pid", "ppid"])}
 
     def _descendants(self) -> set[int]:
         children: dict[int, list[int]] = {}
@@ -82,19 +75,10 @@ class ProcWatch:
         while not self._stop.is_set():
             for pid in self._descendants() - set(self.seen):
                 try:
-                    cmdline = (
-                        Path(f"/proc/{pid}/cmdline")
-                        .read_bytes()
-                        .replace(b"\0", b" ")
-                        .decode(errors="replace")
-                    )
-                    environ = (
-                        Path(f"/proc/{pid}/environ")
-                        .read_bytes()
-                        .replace(b"\0", b"\n")
-                        .decode(errors="replace")
-                    )
-                except OSError:
+                    proc = psutil.Process(pid)
+                    cmdline = " ".join(proc.cmdline())
+                    environ = "\n".join(f"{key}={value}" for key, value in proc.environ().items())
+                except (OSError, psutil.Error):
                     continue
                 if cmdline:
                     self.seen[pid] = {"cmdline": cmdline, "environ": environ}

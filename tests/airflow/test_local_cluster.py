@@ -6,30 +6,31 @@ Each test starts at most one small cluster and deletes it (2 shared cores).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
+import psutil
 import pytest
 from airflow.sdk.exceptions import AirflowException
-from airflow_testenv import spark_daemon_pids
 from spindle.hooks.local_spark import ClusterNotFound, LocalSparkClusterHook
 from spindle.hooks.spark_app import SparkAppSubmitHook, parse_metrics_line
+
+from tests.support.airflow_env import spark_daemon_pids
 
 
 def _group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes of a process group."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in psutil.process_iter():
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            if os.getpgid(proc.pid) == pgid and proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                members.append(proc.pid)
+        except (OSError, psutil.Error):
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(stat.parent.name))
     return members
 
 

@@ -6,10 +6,11 @@ import os
 import sys
 import zipfile
 
-from airflow_testenv import CONNECTIONS_FILE, REPO, WAREHOUSE_SECRET
 from spindle.operators.spark_app import SparkAppJobOperator, job_args_to_cli
 from spindle.pipelines import read_sts_sentences, run_key, run_prefix
 from spindle.spark_package import build_spark_apps_package, source_hash
+
+from tests.support.airflow_env import CONNECTIONS_FILE, REPO, WAREHOUSE_SECRET
 
 
 def test_job_args_to_cli():

@@ -12,16 +12,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from airflow_testenv import REPO, WAREHOUSE
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.support.airflow_env import REPO, WAREHOUSE
 
 pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-dev.txt pins it)")
 

@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
-from conftest import run_nightly
-
 from spindle.backends import config
+
+from tests.support.cloud import run_nightly
 
 
 def test_missing_settings_are_named():

@@ -19,7 +19,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import (
+from spindle.pipelines import run_key
+from spindle.vectors.search import run_search
+
+from tests.support.cloud import (
     BUCKET,
     output_uri,
     read_bytes,
@@ -29,8 +32,6 @@ from conftest import (
     run_nightly,
     set_backend_settings,
 )
-from spindle.pipelines import run_key
-from spindle.vectors.search import run_search
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -65,7 +66,7 @@ def covers(tmp_path_factory):
     import itertools
     import shutil
 
-    from airflow_testenv import REPO
+    from tests.support.paths import REPO
 
     folder = tmp_path_factory.mktemp("covers")
     jpegs = itertools.cycle(sorted((REPO / "data" / "samples" / "covers").rglob("*.jpg")))
@@ -178,8 +179,9 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, c
     assert np.allclose(np.stack(cover_vectors["vector"]), np.stack(expected["vector"]), atol=1e-5)
 
     # the run's vectors are searchable: a book's own vector finds that book first
-    from airflow_testenv import SPINDLE_HOME
     from spindle.vectors.store import MilvusVectorStore, search
+
+    from tests.support.airflow_env import SPINDLE_HOME
 
     loaded = xcom(run, "load_vectors")
     upserted = {load["alias"]: load["rows_upserted"] for load in loaded["loads"] if "collection" in load}

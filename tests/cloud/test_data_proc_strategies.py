@@ -18,9 +18,10 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import BUCKET, FOLDER_ID, run_nightly, set_backend_settings
 from spindle.yandex import shared
 from spindle.yandex.shared import RELEASE_ALIAS, SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
+
+from tests.support.cloud import BUCKET, FOLDER_ID, run_nightly, set_backend_settings
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -21,10 +21,10 @@ import uuid
 
 import grpc
 import pytest
-from conftest import BUCKET, FOLDER_ID, OAUTH_TOKEN, REPO
 
 from tests.fakes.spark_runner import EMR_SERVERLESS, YARN, JobFailed, SparkJob, interpret, refuse_local_paths
 from tests.fakes.yc_validation import within
+from tests.support.cloud import BUCKET, FOLDER_ID, OAUTH_TOKEN, REPO
 
 pytestmark = pytest.mark.timeout(600)
 LOGS = f"s3://{BUCKET}/fake-tests/logs/"

@@ -1,12 +1,13 @@
-"""The reaper finds Spindle-labelled clusters/applications past their TTL; dry run by default."""
+"""The reaper finds Spindle-labelled clusters/applications past their TTL; dry run by default,
+except in the reaper DAG's scheduled runs, which delete."""
 
 from __future__ import annotations
 
 import time
 
-from conftest import set_backend_settings
-
 from spindle.backends.reaper import reap
+
+from tests.support.cloud import run_dag, run_dag_scheduled, set_backend_settings
 
 OLD = str(int(time.time()) - 10 * 3600)  # created 10 h ago
 NEW = str(int(time.time()) - 60)
@@ -45,3 +46,27 @@ def test_reaper_dry_run_then_delete(fake_aws, capsys):
     assert emr.describe_cluster(ClusterId=new["JobFlowId"])["Cluster"]["Status"]["State"] != "TERMINATED"
     assert sl.get_application(applicationId=app["applicationId"])["application"]["state"] == "TERMINATED"
     emr.terminate_job_flows(JobFlowIds=[new["JobFlowId"], foreign["JobFlowId"]])
+
+
+def test_reaper_dag_scheduled_run_deletes_manual_run_does_not(fake_aws, cloud_dagbag):
+    """Through the DAG: a manual run with the defaults only reports; a scheduled run terminates
+    the expired job flow even with ``dry_run: true`` in its conf (scheduled runs ignore it)."""
+    set_backend_settings("emr")
+    emr = fake_aws.moto.client("emr")
+    spec = {"ReleaseLabel": "emr-7.5.0", "JobFlowRole": "EMR_EC2_DefaultRole", "ServiceRole": "EMR_DefaultRole",
+            "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}}  # fmt: skip
+    old = emr.run_job_flow(Name="old-dag", Tags=[{"Key": k, "Value": v} for k, v in _labels(OLD).items()], **spec)
+    new = emr.run_job_flow(Name="new-dag", Tags=[{"Key": k, "Value": v} for k, v in _labels(NEW).items()], **spec)
+
+    def state(flow):
+        return emr.describe_cluster(ClusterId=flow["JobFlowId"])["Cluster"]["Status"]["State"]
+
+    run, states = run_dag(cloud_dagbag, "spindle_reaper", backends=["emr"])
+    assert str(run.run_type) in ("manual", "DagRunType.MANUAL") and states == {"reap": "success"}
+    assert state(old) != "TERMINATED"
+
+    run, states = run_dag_scheduled(cloud_dagbag, "spindle_reaper", backends=["emr"], dry_run=True)
+    assert run.run_type == "scheduled" and states == {"reap": "success"}
+    assert state(old) == "TERMINATED"
+    assert state(new) != "TERMINATED"
+    emr.terminate_job_flows(JobFlowIds=[new["JobFlowId"]])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import json
 
-from conftest import CERT, FOLDER_ID, OAUTH_TOKEN
-
 from spark_apps.common import secrets as app_secrets
+from tests.support.cloud import CERT, FOLDER_ID, OAUTH_TOKEN
 
 CONN = {"conn_type": "fs", "login": "spindle", "password": "lockbox-only-pw", "extra": {"root": "s3a://wh/root"}}
 

@@ -101,3 +101,35 @@ def test_evaluation_command_on_a_subset_matches_independent_figures(tmp_path, ca
     assert json.loads(manifest.read_text())["evaluation"]["cranfield"]["exact"] == exact
     printed = capsys.readouterr().out
     assert "Spearman (cosine)" in printed and "ANN recall@10" in printed and "0.5128" in printed
+
+
+def test_manifest_is_found_as_given_or_under_the_warehouse_root(tmp_path, monkeypatch):
+    """``--manifest`` takes the documented run path (relative to the warehouse root), or a path
+    that exists as given; neither: a clear error before the long evaluation starts."""
+    root = tmp_path / "warehouse"
+    run_path = "runs/spindle_nightly_books/manual__1/manifest.json"
+    (root / run_path).parent.mkdir(parents=True)
+    (root / run_path).write_text("{}")
+    secrets_file = tmp_path / "connections.json"
+    secrets_file.write_text(json.dumps({"spindle_warehouse": {"conn_type": "fs", "extra": {"root": str(root)}}}))
+    monkeypatch.setenv("SPINDLE_SECRETS_SOURCE", "file://" + str(secrets_file))
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    assert evaluation.local_warehouse_root() == str(root)
+    assert evaluation.resolve_manifest(run_path) == root / run_path  # the documented form
+    assert evaluation.resolve_manifest(str(root / run_path)) == root / run_path  # absolute
+    (elsewhere / "mine.json").write_text("{}")
+    assert evaluation.resolve_manifest("mine.json").resolve() == (elsewhere / "mine.json").resolve()  # cwd-relative
+
+    with pytest.raises(FileNotFoundError, match="runs/spindle_nightly_books/nope/manifest.json") as err:
+        evaluation.resolve_manifest("runs/spindle_nightly_books/nope/manifest.json")
+    assert str(root / "runs/spindle_nightly_books/nope/manifest.json") in str(err.value)
+    with pytest.raises(SystemExit, match="no such file"):  # the CLI refuses before embedding anything
+        evaluation.main(["--manifest", "runs/spindle_nightly_books/nope/manifest.json", "--no-cranfield"])
+
+    monkeypatch.delenv("SPINDLE_SECRETS_SOURCE")
+    monkeypatch.setenv("SPINDLE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr("spindle.config.secrets_source", lambda: None)
+    assert evaluation.local_warehouse_root() == str(tmp_path / "home" / "warehouse")  # no connection: the default

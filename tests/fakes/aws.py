@@ -26,9 +26,18 @@ process hosts the server thread) and, like the services do:
   driver logs are uploaded late, ``log_upload_delay`` seconds after the final state (the
   services take minutes).
 
-The only changes to moto: the module constants it gives new objects: a job run starts
+The changes to moto: the module constants it gives new objects: a job run starts
 ``SUBMITTED`` (so a poller cannot see SUCCESS before anything ran) and an application
-``CREATED`` (what the service reports before StartApplication).
+``CREATED`` (what the service reports before StartApplication); and three EMR API parts moto
+5.2 lacks (:func:`extend_moto_emr`): ``RunJobFlow`` keeps ``AutoTerminationPolicy``, which
+``GetAutoTerminationPolicy`` returns; ``CancelSteps`` cancels a PENDING step at once and marks a
+RUNNING one ``CANCEL_PENDING`` (the runner then kills its spark-submit and sets ``CANCELLED``).
+The runner starts a job flow's steps only once it is ready (WAITING / RUNNING), as EMR does; a
+Serverless job run cancelled in moto (``CancelJobRun``) has its driver killed and stays
+``CANCELLED``.
+
+Fault knob: a job flow whose name starts with one of :data:`STUCK_JOB_FLOW_PREFIXES` never
+becomes ready (it stays ``STARTING``, as one whose instances never come up, until terminated).
 """
 
 from __future__ import annotations
@@ -65,6 +74,52 @@ ACCOUNT = "123456789012"
 REGION = "us-east-1"
 
 
+#: Fault knob: job flows whose name starts with one of these stay STARTING (see the module doc).
+STUCK_JOB_FLOW_PREFIXES: set[str] = set()
+
+
+def extend_moto_emr() -> None:
+    """Add AutoTerminationPolicy, GetAutoTerminationPolicy and CancelSteps to moto's EMR (its
+    in-process response class; idempotent) and apply :data:`STUCK_JOB_FLOW_PREFIXES`."""
+    from moto.core.responses import ActionResult
+    from moto.emr.responses import ElasticMapReduceResponse as Emr
+
+    if getattr(Emr, "_spindle_extended", False):
+        return
+    run_job_flow = Emr.run_job_flow
+
+    def run_job_flow_kept(self):
+        result = run_job_flow(self)
+        cluster = self.backend.clusters[result.result["JobFlowId"]]
+        cluster.auto_termination_policy = self._get_param("AutoTerminationPolicy")
+        if any(cluster.name.startswith(prefix) for prefix in STUCK_JOB_FLOW_PREFIXES):
+            cluster.state = "STARTING"
+        return result
+
+    def get_auto_termination_policy(self):
+        policy = getattr(self.backend.clusters[self._get_param("ClusterId")], "auto_termination_policy", None)
+        return ActionResult({"AutoTerminationPolicy": policy} if policy else {})
+
+    def cancel_steps(self):
+        cluster = self.backend.clusters[self._get_param("ClusterId")]
+        steps = {step.id: step for step in cluster.steps}
+        infos = []
+        for step_id in self._get_param("StepIds", []):
+            step = steps.get(step_id)
+            if step is None or step.state not in ("PENDING", "RUNNING"):
+                why = "step not found" if step is None else f"step is {step.state}"
+                infos.append({"StepId": step_id, "Status": "FAILED", "Reason": why})
+                continue
+            step.state = "CANCELLED" if step.state == "PENDING" else "CANCEL_PENDING"
+            infos.append({"StepId": step_id, "Status": "SUBMITTED", "Reason": ""})
+        return ActionResult({"CancelStepsInfoList": infos})
+
+    Emr.run_job_flow = run_job_flow_kept
+    Emr.get_auto_termination_policy = get_auto_termination_policy
+    Emr.cancel_steps = cancel_steps
+    Emr._spindle_extended = True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -89,6 +144,7 @@ class MotoServer:
 
         serverless_models.JOB_STATUS = "SUBMITTED"
         serverless_models.APPLICATION_STATUS = "CREATED"  # the service's state after creation
+        extend_moto_emr()
         self._server.start()
         return self
 
@@ -315,6 +371,12 @@ class SparkWorkRunner(threading.Thread):
                 if cluster.id in self._local and not (step_thread and step_thread.is_alive()):
                     self._drop_cluster(cluster.id)
                 continue
+            for step in cluster.steps:  # CancelSteps on a running step: kill its spark-submit
+                running = self._running.get(f"{cluster.id}/{step.id}")
+                if step.state == "CANCEL_PENDING" and running is not None and not running.cancelled:
+                    running.cancel()
+            if cluster.state not in ("WAITING", "RUNNING"):  # EMR runs steps once the cluster is ready
+                continue
             if cluster.id in self._busy and self._busy[cluster.id].is_alive():
                 continue
             todo = [s for s in cluster.steps if s.state in ("PENDING", "RUNNING")]
@@ -327,6 +389,8 @@ class SparkWorkRunner(threading.Thread):
     def _run_step(self, cluster: Any, step: Any) -> None:
         from moto.core.utils import utcnow
 
+        if step.state not in ("PENDING", "RUNNING"):  # cancelled since the tick picked it
+            return
         step.state = "RUNNING"
         step.start_date_time = utcnow()
         cluster.state = "RUNNING"
@@ -347,7 +411,10 @@ class SparkWorkRunner(threading.Thread):
             error = f"ERROR {err}\n"
         if cluster.log_uri:  # before the final state: a poller that sees it finds the step's logs
             self._publish_step_logs(cluster, step, running, error)
-        step.state = "COMPLETED" if code == 0 else "FAILED"
+        if step.state == "CANCEL_PENDING":  # CancelSteps while it ran: no ActionOnFailure
+            step.state, code = "CANCELLED", 0
+        else:
+            step.state = "COMPLETED" if code == 0 else "FAILED"
         step.end_date_time = utcnow()
         if code != 0:
             step.last_state_change_reason = f"Step failed: spark-submit exited with code {code}"
@@ -388,6 +455,9 @@ class SparkWorkRunner(threading.Thread):
                 continue
             for run in backend.job_runs.get(app_id, []):
                 key = f"{app_id}/{run.id}"
+                running = self._running.get(key)
+                if run.state == "CANCELLED" and running is not None and not running.cancelled:
+                    running.cancel()  # CancelJobRun: moto set CANCELLED, the driver must stop
                 if run.state == "SUBMITTED" and key not in self._busy:
                     thread = threading.Thread(target=self._run_job_run, args=(app, run), daemon=True)
                     self._busy[key] = thread
@@ -396,6 +466,8 @@ class SparkWorkRunner(threading.Thread):
     def _run_job_run(self, app: Any, run: Any) -> None:
         from moto.core.utils import utcnow
 
+        if run.state != "SUBMITTED":  # cancelled since the tick picked it
+            return
         run.state = "RUNNING"
         run.updated_at = utcnow()
         self._event("job_run", run.id, "running")
@@ -415,7 +487,10 @@ class SparkWorkRunner(threading.Thread):
         except Exception as err:
             texts = {"stdout.gz": "", "stderr.gz": f"ERROR {err}\n"}
             log.exception("fake aws: job run %s could not run", run.id)
-        run.state = "SUCCESS" if code == 0 else "FAILED"
+        if run.state == "CANCELLED":  # CancelJobRun while it ran
+            code = 0
+        else:
+            run.state = "SUCCESS" if code == 0 else "FAILED"
         if code != 0:
             run.state_details = f"Job failed: spark-submit exited with code {code}"
         run.updated_at = utcnow()

@@ -327,6 +327,8 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
     def _start(self, cluster: FakeCluster, op_id: str) -> None:
         profile = self.fake.node_profile(dict(cluster.proto.config.hadoop.properties))
         try:
+            if cluster.proto.name in self.fake.fail_cluster_start:  # fault knob (see YandexCloudFake)
+                raise RuntimeError("injected failure (fail_cluster_start)")
             local = self.fake.local_clusters.start(f"fake-dataproc-{cluster.proto.id}", self._workers(cluster),
                                                    profile=profile)  # fmt: skip
         except Exception as err:
@@ -573,7 +575,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
         with self.state.lock:
             job.proto.status = job_pb2.Job.CANCELLING
         op = self.state.new_operation(
-            "Cancel job", job_service_pb2.CancelJobMetadata(cluster_id=request.cluster_id, job_id=request.job_id)
+            # the API's Cancel operation carries CreateJobMetadata (there is no CancelJobMetadata)
+            "Cancel job", job_service_pb2.CreateJobMetadata(cluster_id=request.cluster_id, job_id=request.job_id)
         )
         self.fake.background(lambda: (job.done.wait(60), self.state.finish(op.id, response=job.proto)))
         return op
@@ -669,6 +672,11 @@ class YandexCloudFake:
     :param oauth_tokens: OAuth tokens IAM accepts.
     :param job_env: extra environment for every job's driver, on top of the node's.
     :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
+
+    Fault knob: a cluster whose name is in :attr:`fail_cluster_start` is registered by Create
+    (Get/List see it, CREATING) and then ends in ERROR without starting anything, its Create
+    operation failing, as a Data Proc cluster whose hosts do not come up; it stays listed
+    until deleted.
     """
 
     def __init__(
@@ -690,6 +698,7 @@ class YandexCloudFake:
         self.oauth_tokens = set(oauth_tokens or {"fake-oauth-token"})
         self.sa_keys: dict[str, dict[str, str]] = {}
         self.job_timeout = job_timeout
+        self.fail_cluster_start: set[str] = set()
         self.certificate = certificate or make_self_signed(self.workdir / "tls")
         self.job_env = dict(job_env or {})
         self.local_clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)

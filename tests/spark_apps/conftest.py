@@ -2,20 +2,11 @@
 sample data and models, and a helper that runs a job in-process and returns its metrics line."""
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
-from spark_apps_testlib import METRICS_PREFIX
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # spark_apps and devtools come from this checkout
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+from tests.support.spark_apps import METRICS_PREFIX
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,12 @@
 """bench/baselines.py computes what the job computes: the baselines the benchmark suite times
 against embed_text / llm_transform give the same vectors / labels (no speed asserted here)."""
 
-import sys
-from pathlib import Path
-
+import baselines  # bench/ is on pythonpath (pytest.ini)
 import numpy as np
 import pytest
+from embed_vs_bare import rows_of, sts_sentences
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
-
-import baselines  # noqa: E402
-from embed_vs_bare import rows_of, sts_sentences  # noqa: E402
+from tests.support.paths import BENCH
 
 
 @pytest.fixture(scope="module")

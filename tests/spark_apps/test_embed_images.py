@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from spark_apps_testlib import METRICS_PREFIX, REPO, SAMPLES
 
 from spark_apps.common import clip as clip_lib
 from spark_apps.common import images
 from spark_apps.jobs import embed_images
+from tests.support.spark_apps import METRICS_PREFIX, REPO, SAMPLES
 
 CLIP_DATA = SAMPLES / "clip"
 COVERS = SAMPLES / "covers"

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from spark_apps_testlib import STS_DEV, read_sts
 
 from spark_apps.jobs import embed_text
+from tests.support.spark_apps import STS_DEV, read_sts
 
 STS_SPEARMAN = 0.8672  # all-MiniLM-L6-v2, bare encode (data/samples PROVENANCE)
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from spark_apps_testlib import read_sts
 
 from spark_apps.jobs import embed_text
+from tests.support.spark_apps import read_sts
 
 
 def sha256(text):
@@ -53,7 +53,8 @@ def test_unchanged_input_embeds_nothing_and_a_changed_text_only_its_row(run_job,
     assert pointer["manifest"] == str(tmp_path / "v1" / "manifest.json")
     manifest1 = json.loads((tmp_path / "v1" / "manifest.json").read_text())
     assert manifest1["rows"] == {"read": 100, "kept": 40, "quarantined": 2, "in": 40, "skipped_null_text": 0,
-                                 "embedded": 40, "carried_over": 0, "written": 40}  # fmt: skip
+                                 "embedded": 40, "carried_over": 0, "written": 40, "dead_lettered": 0,
+                                 "truncated": 0}  # fmt: skip
     assert manifest1["model"]["name"] == "all-MiniLM-L6-v2"
     assert manifest1["model"]["fingerprint"] == first["model_fingerprint"]
     assert manifest1["input"]["files"] == 1 and manifest1["input"]["bytes"] == source.stat().st_size
@@ -113,3 +114,19 @@ def test_a_different_topic_shows_drift(run_job, tmp_path, minilm_path):
     assert metrics["rows_embedded"] == 60
     assert metrics["drift"]["drift_detected"] is True
     assert metrics["drift"]["classifier_auc"] > 0.8
+
+
+def test_an_empty_version_leaves_the_pointer_alone(run_job, tmp_path, minilm_path, texts):
+    """No book survived prepare_books' filters: embed_text writes an empty version with its
+    manifest, but ``latest.json`` keeps naming the last version that has vectors."""
+    embed(run_job, tmp_path, minilm_path, write_rows(tmp_path / "texts.jsonl", texts[:5]), "v1")
+    before = (tmp_path / "latest.json").read_text()
+    empty = tmp_path / "books.parquet"  # what prepare_books writes when it keeps 0 books
+    pd.DataFrame({"id": pd.Series([], dtype=str), "text": pd.Series([], dtype=str)}).to_parquet(empty)
+    result = embed(run_job, tmp_path, minilm_path, empty, "v2")
+    assert (result["rows_in"], result["rows_embedded"], result["rows_carried_over"]) == (0, 0, 0)
+    assert result["outputs"]["latest"] is None
+    assert result["latest_note"] == f"0 rows written: pointer {tmp_path / 'latest.json'} left alone"
+    assert (tmp_path / "latest.json").read_text() == before
+    manifest = json.loads((tmp_path / "v2" / "manifest.json").read_text())
+    assert manifest["rows"]["written"] == 0 and manifest["outputs"]["latest"] is None

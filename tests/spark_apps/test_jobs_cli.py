@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pyspark
 import pytest
-from spark_apps_testlib import EDITIONS, METRICS_PREFIX, REPO
+
+from tests.support.spark_apps import EDITIONS, METRICS_PREFIX, REPO
 
 JOBS = {
     "prepare_books": ["--quarantine", "--languages", "--min-pages", "--subject", "--max-age-years",

@@ -8,9 +8,9 @@ import tarfile
 import pandas as pd
 import pytest
 import torch
-from spark_apps_testlib import read_sts
 
 from spark_apps.jobs import llm_transform
+from tests.support.spark_apps import read_sts
 
 
 def direct_generate(model_dir, prompts, max_new_tokens):

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from spark_apps_testlib import EDITIONS
 
 from spark_apps.jobs import prepare_books
+from tests.support.spark_apps import EDITIONS
 
 REFERENCE_YEAR = 2026
 MAX_AGE = 40
@@ -238,3 +238,51 @@ def test_bad_options_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         prepare_books.parse_args(["--input", "a", "--output", "b", *argv])
     assert "invalid" in capsys.readouterr().err
+
+
+def reference_author(by_statement):
+    """The documented clean-up of ``by_statement``, written again with re: its part before
+    " ; ", no leading "by", no "with an introduction by ...", no brackets or end punctuation."""
+    if not by_statement:
+        return None
+    name = re.split(r"\s*;\s*", by_statement, maxsplit=1)[0]
+    name = re.sub(r"(?i)(^|\s*,?\s+)with\s+(a|an)\s+(new\s+)?(introduction|foreword|preface|afterword)\b.*$", "", name)
+    name = re.sub(r"(?i)^\s*by\s+", "", name).replace("[", "").replace("]", "")
+    name = re.sub(r"^[\s().,:;/-]+|[\s().,:;/-]+$", "", name)
+    return name or None
+
+
+def test_author_from_by_statement_then_from_an_authors_dump(run_job, tmp_path):
+    """People's names, never author keys: ``by_statement`` where the edition has one, else the
+    names of its author keys in an authors dump. The bundled authors sample (the tail of a dump)
+    shares no key with the editions' head, so the dump here is made of two real author records
+    of that sample given the keys of two sample editions' authors."""
+    lines = sample_lines()
+    records = [json.loads(line.split("\t")[4]) for line in lines]
+    spoken = {r["key"]: reference_author(r.get("by_statement")) for r in records}
+    assert reference_author("by Carl Horak ; [illustrations by Milton Caniff].") == "Carl Horak"
+    assert reference_author("Donald Kuspit with an introduction by Jack Cowert.") == "Donald Kuspit"
+    assert reference_author("with a foreword by Richard Lederer.") is None  # not the author
+    unnamed = [r for r in records if not r.get("by_statement") and r.get("authors")][:2]
+    authors_dump = tmp_path / "authors.txt"
+    names = ["Jörg von Garrel", "H. Deutsch"]
+    authors_dump.write_text("".join(
+        "\t".join(["/type/author", r["authors"][0]["key"], "1", "2020-04-24T18:09:47.197943",
+                   json.dumps({"name": name, "key": r["authors"][0]["key"]})]) + "\n"
+        for r, name in zip(unnamed, names)
+    ) + "not a dump line\n", encoding="utf-8")  # fmt: skip
+
+    args = ["--input", EDITIONS, "--languages", "*", "--min-pages", "none", "--subject", "*",
+            "--max-age-years", "none", "--authors", authors_dump]  # fmt: skip
+    metrics = run_job(prepare_books, ["--output", tmp_path / "books.parquet", *args])
+    books = pd.read_parquet(tmp_path / "books.parquet").set_index("id")
+    assert len(books) == 1000
+    dump = {r["authors"][0]["key"]: name for r, name in zip(unnamed, names)}
+    expected = {}
+    for r in records:  # every edition by those authors gets the name, in the edition's order
+        from_dump = [dump[a["key"]] for a in r.get("authors", []) if a.get("key") in dump]
+        expected[r["key"]] = spoken[r["key"]] or (", ".join(from_dump) if from_dump else None)
+    got = {key: (None if pd.isna(value) else value) for key, value in books["author"].items()}
+    assert got == expected
+    assert metrics["rows_with_author"] == sum(1 for v in expected.values() if v) >= 81 + 2
+    assert not any(str(v).startswith("/authors/") for v in got.values())

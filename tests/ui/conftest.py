@@ -6,7 +6,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from spindle_ui_harness import ARTIFACTS, AirflowServer, marked_pids, spark_daemons
+
+from tests.support.ui import ARTIFACTS, AirflowServer, marked_pids, spark_daemons
 
 DAG_IDS = ("spindle_nightly_books", "spindle_llm_transform")
 

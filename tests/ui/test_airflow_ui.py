@@ -21,7 +21,8 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from spindle_ui_harness import (
+
+from tests.support.ui import (
     ADMIN_USER,
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -83,6 +84,19 @@ class Shots:
 def _xcom(server, run_id: str, task_id: str, key: str):
     run = urllib.parse.quote(run_id, safe="")
     return server.api("GET", f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/{task_id}/xcomEntries/{key}")["value"]
+
+
+def _task_log_tail(server, run_id: str, task_id: str, attempt: int | None = None, lines: int = 40) -> str:
+    """The end of a task's log file (the last attempt unless one is named), for a failure message
+    that says why without a trip to the artifacts."""
+    folder = server.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={task_id}"
+    logs = sorted(folder.glob("attempt=*.log"), key=lambda p: int(p.stem.split("=")[1]))
+    if attempt is not None:
+        logs = [log for log in logs if log.stem == f"attempt={attempt}"]
+    if not logs:
+        return f"--- {task_id}: no log under {folder}"
+    tail = logs[-1].read_text(errors="replace").splitlines()[-lines:]
+    return f"--- {task_id} ({logs[-1].name}):\n" + "\n".join(tail)
 
 
 def _screenshot_spark_ui_while_embedding(server, page, shot, run_id: str, timeout: float = 420) -> Path | None:
@@ -163,10 +177,15 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     page.goto(run_url)
     page.wait_for_load_state("networkidle")
     shot("run-finished", docs=True)
+    tis = server.api("GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")
+    retried = {t["task_id"]: t["try_number"] for t in tis["task_instances"] if t["try_number"] > 1}
     if finished["state"] != "success":
-        tis = server.api("GET", f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")
-        states = {t["task_id"]: t["state"] for t in tis["task_instances"]}
-        pytest.fail(f"run {run_id} ended {finished['state']}: {states} (task logs: {artifacts}/logs/airflow)")
+        states = {t["task_id"]: t["state"] for t in tis["task_instances"] if t["state"] != "skipped"}
+        failed = [task for task, state in states.items() if state == "failed"]
+        pytest.fail(
+            f"run {run_id} ended {finished['state']}: {states} (task logs: {artifacts}/logs/airflow)\n"
+            + "\n".join(_task_log_tail(server, run_id, task) for task in failed)
+        )
 
     # 5. Open the embed task: its "Spark UI" extra link, in the Details tab.
     page.locator(f'a[href="/dags/{DAG_ID}/runs/{run_id}/tasks/embed_text"]').first.click()  # grid cell
@@ -196,7 +215,8 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     # The job did real work: books kept and embedded.
     prepared = _xcom(server, run_id, "prepare_books", "return_value")
     embedded = _xcom(server, run_id, "embed_text", "return_value")
-    record = {"run": finished, "link": href, "prepare": prepared, "embed": embedded,
+    record = {"run": finished, "link": href, "prepare": prepared, "embed": embedded, "retried": retried,
+              "first_try_logs": {task: _task_log_tail(server, run_id, task, attempt=1) for task in retried},
               "spark_master_ui_screenshot": str(master_ui_shot)}  # fmt: skip
     (artifacts / "run.json").write_text(json.dumps(record, indent=2, default=str))
     assert page.get_by_text("Success").first.is_visible()

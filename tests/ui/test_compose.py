@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from spindle_ui_harness import skip_or_fail
+
+from tests.support.ui import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yaml"
@@ -111,7 +112,7 @@ def test_code_data_and_secrets_are_mounted_where_airflow_looks(resolved):
     scheduler = resolved["services"]["airflow-scheduler"]
     env = scheduler["environment"]
     targets = {Path(target).name: (source, target, ro) for source, target, ro in _volumes(scheduler)}
-    for folder in ("dags", "plugins", "spark_apps", "data", "setup.py"):
+    for folder in ("dags", "plugins", "spark_apps", "devtools", "data", "setup.py"):
         assert folder in targets, f"{folder} is not mounted"
         assert Path(targets[folder][0]) == REPO / folder
         assert targets[folder][2], f"{folder} should be mounted read-only"

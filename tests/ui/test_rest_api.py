@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from spindle_ui_harness import spark_daemons
+
+from tests.support.ui import spark_daemons
 
 DAG_ID = "spindle_nightly_books"
 

@@ -9,18 +9,11 @@ import json
 import logging
 import re
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "plugins") not in sys.path:
-    sys.path.insert(0, str(REPO / "plugins"))
-
 from spindle.spark_progress import (
     SparkProgressPoller,
     format_progress,

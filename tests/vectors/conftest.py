@@ -1,8 +1,5 @@
-"""Fixtures of the vector-store tests.
-
-``airflow_testenv`` (imported first) gives the Airflow-side tests an isolated Airflow home,
-secrets file and ``$SPINDLE_HOME``; ``spindle.vectors`` comes from plugins/ as in Airflow, the
-search command's model code from ``spark_apps`` (the repository root).
+"""Fixtures of the vector-store tests (``spindle.vectors`` comes from plugins/ as in Airflow, the
+search command's model code from ``spark_apps``; both are on ``pythonpath``, pytest.ini).
 
 ``corpus``: real Open Library editions from data/samples (those with a description) embedded by
 the real all-MiniLM-L6-v2 and written as prepare_books / embed_text write them
@@ -14,27 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-for folder in (REPO / "tests" / "airflow", REPO, REPO / "plugins"):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-import airflow_testenv  # noqa: E402,F401  (configures Airflow before anything imports it)
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
+from tests.support.paths import EDITIONS
 
-SAMPLE = REPO / "data" / "samples" / "openlibrary" / "editions-head-n1000.txt"
 N_BOOKS = 8
 
 
 def sample_books(n: int) -> list[dict]:
     """The first ``n`` editions of the sample that have a title and a description."""
     books = []
-    for line in SAMPLE.read_text(encoding="utf-8").splitlines():
+    for line in EDITIONS.read_text(encoding="utf-8").splitlines():
         edition = json.loads(line.split("\t")[4])
         description = edition.get("description")
         description = description.get("value") if isinstance(description, dict) else description

@@ -34,7 +34,21 @@ EMR_SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "bootstrap_actions": (list, [], "EMR BootstrapActions of the job flow (e.g. a script that pip-installs the "
                           "model libraries, with environment: provided)"),
     "configurations": (list, [], "EMR Configurations of the job flow (classification/properties)"),
+    "idle_timeout_minutes": ((int, type(None)), 60, ("EMR AutoTerminationPolicy: the job flow terminates "
+                             "itself after this many idle minutes (no step running), 1 to 10080; null: no policy")),
+    "create_timeout_minutes": ((int, float), 30, ("how long create_cluster waits for the job flow to be ready "
+                               "(WAITING/RUNNING) before terminating it and failing")),
 }  # fmt: skip
+
+
+def validate_emr(settings: Mapping[str, Any]) -> list[str]:
+    errors = []
+    idle = settings["idle_timeout_minutes"]
+    if idle is not None and not 1 <= idle <= 7 * 24 * 60:
+        errors.append(f"idle_timeout_minutes must be 1 to 10080 (EMR's IdleTimeout is 60 s to 7 days), not {idle}")
+    if settings["create_timeout_minutes"] <= 0:
+        errors.append("create_timeout_minutes must be positive")
+    return errors
 
 EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
@@ -173,6 +187,7 @@ def _stop_and_delete(client: Any, app: Mapping[str, Any]) -> None:
     client.delete_application(applicationId=app["applicationId"])
 
 
-EMR = Backend(name="emr", title="EMR on EC2", settings=EMR_SETTINGS, build_lane=build_emr_lane, reap=reap_emr)
+EMR = Backend(name="emr", title="EMR on EC2", settings=EMR_SETTINGS, build_lane=build_emr_lane, reap=reap_emr,
+              validate=validate_emr)
 EMR_SERVERLESS = Backend(name="emr_serverless", title="EMR Serverless", settings=EMR_SERVERLESS_SETTINGS,
                          build_lane=build_emr_serverless_lane, reap=reap_emr_serverless)  # fmt: skip

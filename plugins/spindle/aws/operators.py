@@ -13,6 +13,7 @@ EMR Serverless: :class:`SpindleEmrServerlessCreateApplicationOperator` → per j
 from __future__ import annotations
 
 import gzip
+import math
 import re
 import shlex
 import time
@@ -123,14 +124,25 @@ def spark_submit_args(spec: JobSpec, conf_style: bool = False) -> list[str]:
 # --------------------------------------------------------------------------- EMR on EC2
 class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
     """``EmrCreateJobFlowOperator`` with its job flow built from the backend settings (Spark
-    application, instance groups, log URI, roles, bootstrap actions) and tagged for the reaper.
+    application, instance groups, log URI, roles, bootstrap actions, ``AutoTerminationPolicy``
+    from ``idle_timeout_minutes``) and tagged for the reaper. It waits (the provider's
+    ``WaitPolicy.WAIT_FOR_COMPLETION``, in the worker) until the job flow is ready, at most
+    ``create_timeout_minutes``; when the task fails once the job flow exists (it ended
+    ``TERMINATED_WITH_ERRORS``, the wait timed out, or anything else) the job flow is
+    terminated before the task fails: the provider's ``terminate_job_flow_on_failure`` covers
+    its waiter's errors, :meth:`terminate_failed_create` the rest.
     Links: the provider's own (EMR cluster page, its logs)."""
 
     template_fields: Sequence[str] = (*EmrCreateJobFlowOperator.template_fields, "settings")
     template_fields_renderers = {"settings": "json", "job_flow_overrides": "json"}
 
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
+        from airflow.providers.amazon.aws.utils.waiter import WaitPolicy
+
         kwargs.setdefault("emr_conn_id", None)
+        kwargs.setdefault("wait_policy", WaitPolicy.WAIT_FOR_COMPLETION)
+        kwargs.setdefault("deferrable", False)  # the cleanup below runs in execute(), not in a trigger
+        kwargs.setdefault("terminate_job_flow_on_failure", True)
         super().__init__(**kwargs)
         self.settings = settings
 
@@ -162,14 +174,40 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
             "Tags": _tags(labels),
             "BootstrapActions": list(s.get("bootstrap_actions") or []),
             "Configurations": list(s.get("configurations") or []),
-        }
+            **({"AutoTerminationPolicy": {"IdleTimeout": int(s["idle_timeout_minutes"]) * 60}}
+               if s.get("idle_timeout_minutes") else {}),
+        }  # fmt: skip
 
     def execute(self, context: Any) -> str | None:
-        self.aws_conn_id = self.settings["aws_conn_id"]
-        if self.settings.get("region_name"):
-            self.region_name = self.settings["region_name"]
+        from botocore.exceptions import WaiterError
+
+        s = self.settings
+        self.aws_conn_id = s["aws_conn_id"]
+        if s.get("region_name"):
+            self.region_name = s["region_name"]
+        timeout = float(s.get("create_timeout_minutes", 30)) * 60
+        self.waiter_delay = int(min(30, max(1, timeout // 10)))
+        self.waiter_max_attempts = max(1, math.ceil(timeout / self.waiter_delay))
         self.job_flow_overrides = self.build_overrides(context)
-        return super().execute(context)
+        try:
+            return super().execute(context)
+        except WaiterError:  # the provider has terminated it (terminate_job_flow_on_failure)
+            raise
+        except BaseException as err:  # also the task's execution_timeout (AirflowTaskTimeout)
+            self.terminate_failed_create(err)
+            raise
+
+    def terminate_failed_create(self, err: BaseException) -> None:
+        """Terminate the job flow this task created before it failed (best effort: the task
+        fails with ``err`` either way; the reaper is the last resort)."""
+        job_flow_id = getattr(self, "_job_flow_id", None)
+        if not job_flow_id:
+            return
+        self.log.warning("Create failed after job flow %s existed (%s): terminating it", job_flow_id, err)
+        try:
+            self.hook.conn.terminate_job_flows(JobFlowIds=[job_flow_id])
+        except Exception as cleanup:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not terminate job flow %s: %s", job_flow_id, cleanup)
 
 
 class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
@@ -248,6 +286,20 @@ class SpindleEmrStepSensor(EmrStepSensor):
         self._copy_log()
         return fetch_metrics(self.aws_conn_id, self.metrics_uri, f"step {self.step_id}")
 
+    def on_kill(self) -> None:
+        """The task was killed: cancel the step it watches (``CancelSteps``; a running step gets
+        ``SEND_INTERRUPT``), so the job flow does not keep running a job nobody waits for."""
+        step_id = self._step_id() if self.step_id else ""
+        if not step_id or not self.job_flow_id:
+            return
+        try:
+            self.log.warning("Task killed: cancelling step %s of job flow %s", step_id, self.job_flow_id)
+            response = self.hook.conn.cancel_steps(ClusterId=self.job_flow_id, StepIds=[step_id],
+                                                   StepCancellationOption="SEND_INTERRUPT")  # fmt: skip
+            self.log.info("CancelSteps: %s", response.get("CancelStepsInfoList"))
+        except Exception as err:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not cancel step %s of job flow %s: %s", step_id, self.job_flow_id, err)
+
     def _publish_links(self, context: Any) -> None:
         try:
             cluster = self.hook.conn.describe_cluster(ClusterId=self.job_flow_id)["Cluster"]
@@ -291,7 +343,10 @@ class SpindleEmrStepSensor(EmrStepSensor):
 # --------------------------------------------------------------------------- EMR Serverless
 class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicationOperator):
     """``EmrServerlessCreateApplicationOperator`` with release label, name and tags from the
-    backend settings; returns the application id."""
+    backend settings; returns the application id. When the task fails once the application
+    exists (it failed to be created or started, a wait timed out, anything else), the
+    application (found by its unique name) is stopped and deleted before the task fails
+    (:meth:`delete_failed_create`)."""
 
     template_fields: Sequence[str] = (*EmrServerlessCreateApplicationOperator.template_fields, "settings")
     operator_extra_links = (CloudConsoleLink(),)
@@ -299,6 +354,7 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
         kwargs.setdefault("release_label", "from-settings")
         kwargs.setdefault("job_type", "SPARK")
+        kwargs.setdefault("deferrable", False)  # the cleanup below runs in execute(), not in a trigger
         super().__init__(**kwargs)
         self.settings = settings
         self.console_url: str | None = None
@@ -316,13 +372,34 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
                        "tags": labels}  # fmt: skip
         if s.get("image_uri"):  # workers from a custom image (e.g. one with the model libraries)
             self.config["imageConfiguration"] = {"imageUri": s["image_uri"]}
-        app_id = super().execute(context)
+        try:
+            app_id = super().execute(context)
+        except BaseException as err:  # also the task's execution_timeout (AirflowTaskTimeout)
+            self.delete_failed_create(err)
+            raise
         self.console_url = (
             f"https://console.aws.amazon.com/emr/home?region={self.hook.conn_region_name}"
             f"#/serverless-applications/{app_id}"
         )
         context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
         return app_id
+
+    def delete_failed_create(self, err: BaseException) -> None:
+        """Stop and delete the application this task created before it failed (best effort:
+        the task fails with ``err`` either way; the reaper is the last resort)."""
+        from spindle.aws.backend import SERVERLESS_LIVE, _stop_and_delete
+
+        name = self.config.get("name")
+        try:
+            client = self.hook.conn
+            apps = [a for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE)
+                    for a in page["applications"] if a.get("name") == name]  # fmt: skip
+            for summary in apps:
+                self.log.warning("Create failed (%s): stopping and deleting application %s", err, summary["id"])
+                app = client.get_application(applicationId=summary["id"])["application"]
+                _stop_and_delete(client, app)
+        except Exception as cleanup:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not delete the application %s after the failed create: %s", name, cleanup)
 
 
 class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperator):

@@ -43,7 +43,8 @@ COMMON: dict[str, tuple[Any, Any, str]] = {
                     "from requirements-cluster.txt; the cluster's OS and Python must match this machine's), "
                     "the s3:// URI of an archive built for the cluster image (docs/CLOUD_BACKENDS.md), or "
                     "'provided' (the image, a bootstrap action or pip_packages has them)"),
-    "ttl_hours": ((int, float), 6, "the reaper deletes what a run created after this many hours"),
+    "ttl_hours": ((int, float), 6, ("hours after which the reaper counts what a run created as expired "
+                   "(scheduled reaper runs delete it; manual ones report it unless dry_run=false)")),
     "upload_inputs": (bool, True, "upload local input files to the bucket (content-addressed); false only "
                       "when the cluster can read the input paths as given"),
     "warehouse_conn_id": (str, "spindle_warehouse", "connection whose extra.root (an s3:// or s3a:// URI "

@@ -5,7 +5,8 @@ Every create is labelled (Data Proc labels, EMR / EMR Serverless tags) with
 and ``spindle-ttl-hours``. A resource is *expired* when it is older than its own TTL label (or
 than ``ttl_hours`` when the reaper is given one). Only live resources are considered (Data Proc
 clusters not being deleted, EMR job flows not terminated, Serverless applications not
-terminated). Dry run by default: the report says what *would* be deleted. Each backend's
+terminated). Dry run by default: the report says what *would* be deleted; the reaper DAG's
+scheduled runs are never dry runs (:func:`is_dry_run`). Each backend's
 folder lists and deletes its own resources (``Backend.reap``, see :mod:`.registry`); this module
 has the verdict (:func:`finding`) and the report.
 """
@@ -65,6 +66,12 @@ def act_on(found: Finding, dry_run: bool, delete: Callable[..., Any], *args: Any
         delete(*args)
     except Exception as err:
         found.action, found.error = f"{verb} failed", str(err)
+
+
+def is_dry_run(run_type: str, requested: bool) -> bool:
+    """Whether a reaper DAG run only reports: a scheduled run always deletes (its ``dry_run``
+    param is ignored); any other run (manual, REST API, asset) does what ``dry_run`` says."""
+    return False if getattr(run_type, "value", run_type) == "scheduled" else bool(requested)
 
 
 def reap(backends: list[str], dry_run: bool = True, ttl_hours: float | None = None,

@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from airflow.sdk import BaseHook
 
 from spindle.config import repo_root, spindle_home
@@ -70,7 +71,22 @@ class DaemonProcess:
     port: int
     webui_port: int
     log: str
-    start_ticks: int = 0  # /proc/<pid>/stat start time: tells a reused pid apart
+    # The process's creation time (``psutil.Process.create_time()``, seconds since the epoch):
+    # tells a reused pid apart. 0: unknown, the pid is trusted as recorded.
+    create_time: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DaemonProcess:
+        data = dict(data)
+        # state.json written before psutil recorded ``start_ticks``: Linux clock ticks after
+        # boot, which is what psutil's create_time() is derived from there.
+        ticks = data.pop("start_ticks", None)
+        if ticks and not data.get("create_time"):
+            try:
+                data["create_time"] = psutil.boot_time() + int(ticks) / os.sysconf("SC_CLK_TCK")
+            except (OSError, ValueError, AttributeError):
+                pass
+        return cls(**data)
 
 
 @dataclass
@@ -113,8 +129,8 @@ class LocalSparkCluster:
         workers = data.pop("workers", [])
         return cls(
             **data,
-            master=DaemonProcess(**master) if master else None,
-            workers=[DaemonProcess(**w) for w in workers],
+            master=DaemonProcess.from_dict(master) if master else None,
+            workers=[DaemonProcess.from_dict(w) for w in workers],
         )
 
 
@@ -125,56 +141,64 @@ def _free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def _read_cmdline(pid: int) -> str:
+# Processes are found, inspected and stopped through psutil (Linux and macOS alike). A
+# recorded creation time is compared with this slack: on Linux psutil derives it from the boot
+# time, which moves when the wall clock is stepped; a pid is never reused within a second.
+_CREATE_TIME_SLACK_S = 1.0
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def _process(pid: int, create_time: float = 0.0) -> psutil.Process | None:
+    """The live (non-zombie) process ``pid``; None when it is gone, or when ``create_time`` is
+    given and the pid now belongs to another process."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _start_ticks(pid: int) -> int:
-    """Process start time in clock ticks since boot (field 22 of /proc/<pid>/stat), 0 if gone."""
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0
-    # The command name (field 2) may contain spaces; it is wrapped in parentheses.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+        if create_time and abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK_S:
+            return None
+        if proc.status() in _GONE:
+            return None
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        # Someone else's process: alive, but never one we started.
+        return None if create_time else proc
+    return proc
 
 
-def _is_zombie(pid: int) -> bool:
+def _create_time(pid: int) -> float:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2 :].split()[0] in ("Z", "X")
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return 0.0
 
 
 def _alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+    return _process(pid) is not None
 
 
-def _cwd(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return ""
-
-
-def _all_pids() -> Iterable[int]:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            yield int(entry.name)
-
-
-def _reap(pids: Iterable[int]) -> None:
-    """Collect exit statuses of our own children so they do not linger as zombies."""
-    for pid in pids:
+def _still_running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The processes of ``procs`` that have not exited (zombies count as exited)."""
+    running = []
+    for proc in procs:
         try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+            if proc.is_running() and proc.status() not in _GONE:
+                running.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+        except psutil.AccessDenied:
+            running.append(proc)
+    return running
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of ours that exited, so it does not linger as a zombie."""
+    try:
+        psutil.Process(pid).wait(timeout=0)
+    except psutil.Error:  # gone, or still running (TimeoutExpired)
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -184,11 +208,12 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+def _signal(procs: Iterable[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(sig)  # psutil checks the pid still is this very process
+        except psutil.Error:
+            pass
 
 
 def spark_home() -> Path:
@@ -311,20 +336,27 @@ class LocalSparkClusterHook(BaseHook):
     def cluster_processes(self, cluster_id: str) -> list[int]:
         """Live pids that belong to the cluster: its daemons (tagged on their command line) and
         anything running inside its folder (executors, their Python workers)."""
+        return sorted(proc.pid for proc in self._cluster_procs(cluster_id))
+
+    def _cluster_procs(self, cluster_id: str) -> list[psutil.Process]:
         folder = str(self.cluster_folder(cluster_id).resolve())
         tag = f"{CLUSTER_TAG}{cluster_id} "
+        me = os.getpid()
         found = []
-        for pid in _all_pids():
-            if pid == os.getpid():
+        for proc in psutil.process_iter(["cmdline", "status"], ad_value=None):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if proc.pid == me or not cmdline or proc.info["status"] in _GONE:
                 continue
-            cmdline = _read_cmdline(pid)
-            if not cmdline:
-                continue
-            cwd = _cwd(pid)
-            ours = tag in cmdline + " " or cwd == folder or cwd.startswith(folder + os.sep)
-            if ours and not _is_zombie(pid):
-                found.append(pid)
-        return sorted(found)
+            ours = tag in cmdline + " "
+            if not ours:
+                try:
+                    cwd = proc.cwd()
+                except psutil.Error:
+                    continue
+                ours = cwd == folder or cwd.startswith(folder + os.sep)
+            if ours:
+                found.append(proc)
+        return found
 
     # ----------------------------------------------------------------- create
     def _daemon_env(self, cluster_id: str, folder: Path) -> dict[str, str]:
@@ -378,13 +410,13 @@ class LocalSparkClusterHook(BaseHook):
             port=port,
             webui_port=webui_port,
             log=str(log),
-            start_ticks=_start_ticks(proc.pid),
+            create_time=_create_time(proc.pid),
         )
 
     def _check_alive(self, cluster: LocalSparkCluster) -> None:
         for daemon in [cluster.master, *cluster.workers]:
             if daemon and not _alive(daemon.pid):
-                _reap([daemon.pid])
+                _reap(daemon.pid)
                 tail = ""
                 try:
                     tail = "\n".join(Path(daemon.log).read_text(errors="replace").splitlines()[-20:])
@@ -494,16 +526,16 @@ class LocalSparkClusterHook(BaseHook):
         return cluster
 
     # ----------------------------------------------------------------- delete
-    def _own_daemons(self, cluster: LocalSparkCluster | None) -> list[DaemonProcess]:
+    def _own_daemons(self, cluster: LocalSparkCluster | None) -> list[tuple[DaemonProcess, psutil.Process]]:
         """The recorded daemons that are still the very processes we started (pid not reused)."""
         if cluster is None:
             return []
-        daemons = [d for d in [cluster.master, *cluster.workers] if d]
-        return [
-            d
-            for d in daemons
-            if _alive(d.pid) and (not d.start_ticks or _start_ticks(d.pid) == d.start_ticks)
-        ]
+        owned = []
+        for daemon in [cluster.master, *cluster.workers]:
+            proc = _process(daemon.pid, daemon.create_time) if daemon else None
+            if proc is not None:
+                owned.append((daemon, proc))
+        return owned
 
     def delete_cluster(self, cluster_id: str, timeout: float = 30.0) -> bool:
         """Stop every process of the cluster and verify they are gone. Idempotent.
@@ -520,39 +552,37 @@ class LocalSparkClusterHook(BaseHook):
             cluster = None
         started = time.monotonic()
         daemons = self._own_daemons(cluster)
-        leftovers = self.cluster_processes(cluster_id) if folder.exists() or daemons else []
+        leftovers = self._cluster_procs(cluster_id) if folder.exists() or daemons else []
         if not daemons and not leftovers:
             self.log.info("Local Spark cluster %s is already gone", cluster_id)
             if cluster is not None and cluster.status != "DELETED":
                 self._mark_deleted(cluster)
             return False
 
-        self.log.info(
-            "Stopping local Spark cluster %s: pids %s",
-            cluster_id,
-            sorted({d.pid for d in daemons} | set(leftovers)),
-        )
-        workers = [d for d in daemons if d.role != "master"]
-        masters = [d for d in daemons if d.role == "master"]
+        procs = list(dict.fromkeys([proc for _, proc in daemons] + leftovers))
+        self.log.info("Stopping local Spark cluster %s: pids %s", cluster_id, sorted(p.pid for p in procs))
+        workers = [d for d, _ in daemons if d.role != "master"]
+        masters = [d for d, _ in daemons if d.role == "master"]
         for daemon in workers + masters:
             _signal_group(daemon.pid, signal.SIGTERM)
-        for pid in leftovers:
-            _signal(pid, signal.SIGTERM)
+        _signal(leftovers, signal.SIGTERM)
 
         soft_deadline = time.monotonic() + max(timeout / 2, 2.0)
-        remaining = self._wait_gone(cluster_id, daemons, soft_deadline)
+        remaining = self._wait_gone(cluster_id, procs, soft_deadline)
         if remaining:
             self.log.warning(
-                "Local Spark cluster %s: SIGKILL to pids %s that ignored SIGTERM", cluster_id, remaining
+                "Local Spark cluster %s: SIGKILL to pids %s that ignored SIGTERM",
+                cluster_id,
+                sorted(p.pid for p in remaining),
             )
-            for daemon in daemons:
-                if _alive(daemon.pid):
+            for daemon, proc in daemons:
+                if _still_running([proc]):
                     _signal_group(daemon.pid, signal.SIGKILL)
-            for pid in remaining:
-                _signal(pid, signal.SIGKILL)
-            remaining = self._wait_gone(cluster_id, daemons, time.monotonic() + max(timeout / 2, 2.0))
+            _signal(remaining, signal.SIGKILL)
+            remaining = self._wait_gone(cluster_id, remaining, time.monotonic() + max(timeout / 2, 2.0))
         if remaining:
-            raise ClusterError(f"local Spark cluster {cluster_id}: processes {remaining} survived SIGKILL")
+            pids = sorted(p.pid for p in remaining)
+            raise ClusterError(f"local Spark cluster {cluster_id}: processes {pids} survived SIGKILL")
 
         shutil.rmtree(folder / "tmp", ignore_errors=True)
         if cluster is not None:
@@ -565,15 +595,17 @@ class LocalSparkClusterHook(BaseHook):
         )
         return True
 
-    def _wait_gone(self, cluster_id: str, daemons: list[DaemonProcess], deadline: float) -> list[int]:
+    def _wait_gone(self, cluster_id: str, procs: list[psutil.Process], deadline: float) -> list[psutil.Process]:
+        """Wait until ``procs`` and any other process of the cluster have exited (``wait_procs``
+        also reaps those that are our children); what is still running at ``deadline``."""
         while True:
-            _reap(d.pid for d in daemons)
-            remaining = sorted(
-                {d.pid for d in daemons if _alive(d.pid)} | set(self.cluster_processes(cluster_id))
-            )
-            if not remaining or time.monotonic() > deadline:
-                return remaining
-            time.sleep(0.1)
+            step = max(0.0, min(0.5, deadline - time.monotonic()))
+            _, alive = psutil.wait_procs(procs, timeout=step)
+            procs = list(dict.fromkeys(_still_running(alive) + self._cluster_procs(cluster_id)))
+            if not procs or time.monotonic() > deadline:
+                return procs
+            if not alive:
+                time.sleep(0.1)  # only newcomers from the scan: wait_procs has not waited at all
 
     def _mark_deleted(self, cluster: LocalSparkCluster) -> None:
         cluster.status = "DELETED"

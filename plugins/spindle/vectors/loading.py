@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Open Library's covers service: the URL of a cover from its id.
 COVER_URL = "https://covers.openlibrary.org/b/id/{cover_id}-L.jpg"
-#: Book columns that may hold people's names, best first (author_keys is the fallback).
+#: Book columns that may hold people's names, best first. Open Library author keys
+#: (``author_keys``) are never shown: a book without a name has an empty author.
 AUTHOR_COLUMNS = ("authors", "author", "by_statement")
 
 
@@ -62,6 +63,17 @@ def open_parquet(path: str | Path, filesystem: pafs.FileSystem | None = None) ->
     return ds.dataset(str(path), filesystem=filesystem, format="parquet", exclude_invalid_files=True)
 
 
+def open_table(path: str | Path, filesystem: pafs.FileSystem | None = None) -> ds.Dataset:
+    """Like :func:`open_parquet`, but a ``.csv`` file (with a header) is read as CSV: a small
+    table of books such as ``data/samples/covers/covers.csv`` can be the payload."""
+    if str(path).lower().endswith(".csv"):
+        filesystem = filesystem or pafs.LocalFileSystem()
+        if filesystem.get_file_info(str(path)).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"no CSV at {path}")
+        return ds.dataset(str(path), filesystem=filesystem, format="csv")
+    return open_parquet(path, filesystem)
+
+
 class NoVectorsError(VectorStoreError):
     """The embeddings have rows but not one vector (e.g. every cover image failed)."""
 
@@ -81,9 +93,9 @@ def book_payload(books_path: str | Path | None, filesystem: pafs.FileSystem | No
     """``id, title, author, year, cover_url`` of every book: only these columns are read."""
     if not books_path:
         return None
-    books = open_parquet(books_path, filesystem)
+    books = open_table(books_path, filesystem)
     names = set(books.schema.names)
-    wanted = ["id"] + [c for c in ("title", "publish_year", "cover_ids", "author_keys", *AUTHOR_COLUMNS) if c in names]
+    wanted = ["id"] + [c for c in ("title", "publish_year", "cover_ids", *AUTHOR_COLUMNS) if c in names]
     table = books.to_table(columns=wanted).combine_chunks()
     return pa.table({
         "id": table["id"],
@@ -101,9 +113,9 @@ def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
 
 
 def _authors(table: pa.Table) -> pa.ChunkedArray:
-    """Names when the books carry them, else the Open Library author keys."""
+    """People's names when the books carry them (prepare_books' ``author``), else null."""
     result = pa.chunked_array([pa.nulls(len(table), pa.string())])
-    for name in (*AUTHOR_COLUMNS, "author_keys")[::-1]:  # the best present column wins
+    for name in AUTHOR_COLUMNS[::-1]:  # the best present column wins
         if name in table.column_names:
             text = _as_text(table[name])
             result = pc.if_else(pc.and_(pc.is_valid(text), pc.not_equal(text, "")), text, result)
@@ -209,3 +221,47 @@ def load_embeddings(
         previous_collection=previous, alias_switched=switch_alias,
         seconds=round(time.monotonic() - started, 3),
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spindle.vectors.loading EMBEDDINGS --alias A --books B --model-dir M``: load
+    one embeddings Parquet (any job's output, e.g. ``embed_images`` run by hand) as a new
+    version behind an alias, as the nightly DAG's ``load_vectors`` task does; prints one line."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m spindle.vectors.loading", description=main.__doc__.split(":")[0])
+    parser.add_argument("embeddings", help="embeddings Parquet file or Spark output folder")
+    parser.add_argument("--alias", required=True, help="e.g. books_text, books_covers")
+    parser.add_argument("--books", help="payload (Parquet, or CSV with a header): id, title, author, publish_year")
+    parser.add_argument("--model-dir", help="the vectors' model (recorded: search embeds queries with it)")
+    parser.add_argument("--model-kind", default="sentence-transformers", choices=("sentence-transformers", "clip"))
+    parser.add_argument("--version", help="version label (default: v<UTC now>_cli)")
+    parser.add_argument("--dataset", default="books")
+    parser.add_argument("--uri", help="milvus-lite .db path or server URI (default: as the search command)")
+    args = parser.parse_args(argv)
+    from spindle.vectors.search import open_store
+
+    # milvus-lite's in-process gRPC server logs a traceback for a call pymilvus makes on upsert
+    # and it does not implement (AllocTimestamp); harmless, and not this command's output.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    version = args.version or f"v{dt.datetime.now(dt.UTC):%Y%m%d%H%M%S}_cli"
+    try:
+        with open_store(args.uri) as store:
+            result = load_embeddings(
+                store, args.embeddings, alias=args.alias, version=version, books_path=args.books,
+                model_dir=str(Path(args.model_dir).resolve()) if args.model_dir else None,  # search runs anywhere
+                model_kind=args.model_kind, dataset=args.dataset,
+            )  # fmt: skip
+    except (VectorStoreError, FileNotFoundError) as err:
+        print(f"load: {err}", file=sys.stderr)
+        return 2
+    was = result.previous_collection or "none"
+    print(f"{result.alias} -> {result.collection}: {result.rows_upserted} vectors "
+          f"({result.rows_skipped_no_vector} rows without one; was {was})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -8,15 +8,16 @@ or object storage through :mod:`spindle.warehouse`), so every backend's runs bec
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID
 from spindle.vectors.hook import DEFAULT_MILVUS_CONN_ID, MilvusHook
-from spindle.vectors.loading import NoVectorsError, load_embeddings
+from spindle.vectors.loading import NoVectorsError, load_embeddings, open_table
 from spindle.vectors.store import VectorStoreError, run_version
 from spindle.warehouse import Warehouse, warehouse_for
 
@@ -34,7 +35,11 @@ class LoadVectorsOperator(BaseOperator):
         for query embedding), ``model_kind`` (``sentence-transformers`` | ``clip``),
         ``optional`` (True: a missing Parquet is skipped, e.g. covers switched off), ``dataset``
         (templated).
-    :param books: the books Parquet (payload), warehouse-relative or absolute (templated).
+    :param books: the books Parquet (payload), warehouse-relative or absolute (templated). When
+        it has no row (no book survived prepare_books' filters) the task is skipped, with the
+        reason in its log, and no alias moves: search keeps answering from the last real version.
+    :param books_metrics: prepare_books' metrics (its XCom, a mapping or its JSON; templated):
+        only to name the figures (read, filtered out, failed filters) in that skip message.
     :param version: version label; default: from the run (:func:`run_version`) (templated).
     :param index_type: ``auto`` (FLAT up to 50k rows, else HNSW), ``FLAT``, ``HNSW``, ``AUTOINDEX``.
     :param switch_alias: False loads the version without making it current.
@@ -50,7 +55,9 @@ class LoadVectorsOperator(BaseOperator):
         (per source: counts, collection, previous collection, seconds).
     """
 
-    template_fields: Sequence[str] = ("sources", "books", "version", "index_type", "backend", "settings")
+    template_fields: Sequence[str] = (
+        "sources", "books", "books_metrics", "version", "index_type", "backend", "settings",
+    )  # fmt: skip
     ui_color = "#d6ecf3"
 
     def __init__(
@@ -58,6 +65,7 @@ class LoadVectorsOperator(BaseOperator):
         *,
         sources: Sequence[Mapping[str, Any]],
         books: str | None = None,
+        books_metrics: Mapping[str, Any] | str | None = None,
         version: str | None = None,
         index_type: str = "auto",
         switch_alias: bool = True,
@@ -75,6 +83,7 @@ class LoadVectorsOperator(BaseOperator):
                 raise ValueError(f"unknown source keys {sorted(unknown)}; allowed: {sorted(SOURCE_KEYS)}")
         self.sources = sources
         self.books = books
+        self.books_metrics = books_metrics
         self.version = version
         self.index_type = index_type
         self.switch_alias = switch_alias
@@ -90,6 +99,7 @@ class LoadVectorsOperator(BaseOperator):
         version = self.version or run_version(context["run_id"], _run_time(context))
         loads: list[dict[str, Any]] = []
         with MilvusHook(self.milvus_conn_id).get_conn() as store:
+            self._skip_if_no_books(store, warehouse)
             for source in self.sources:
                 loads.append(self._load(store, warehouse, source, version))
         loaded = [item for item in loads if "collection" in item]
@@ -99,6 +109,26 @@ class LoadVectorsOperator(BaseOperator):
             "outputs": {item["alias"]: item["collection"] for item in loaded},
             "loads": loads,
         }
+
+    def _skip_if_no_books(self, store: Any, warehouse: Warehouse) -> None:
+        """Skip the task, moving no alias, when the run's books table is there but empty."""
+        if not self.books or not warehouse.exists(self.books):
+            return
+        filesystem, path = warehouse.locate(self.books)
+        if open_table(path, filesystem).count_rows():
+            return
+        figures = _figures(_metrics(self.books_metrics))
+        current = []
+        for alias in dict.fromkeys(source["alias"] for source in self.sources):
+            try:
+                current.append(f"{alias} -> {store.resolve_alias(alias)}")
+            except VectorStoreError:
+                current.append(f"{alias} -> nothing yet")
+        raise AirflowSkipException(
+            f"0 books survived the filters ({figures or 'books table ' + warehouse.uri(self.books) + ' is empty'}): "
+            f"nothing to load, no alias moved ({'; '.join(current)}). Widen the filters (params languages, "
+            "min_pages, subject, max_age_years) or raise limit."
+        )
 
     def _load(self, store: Any, warehouse: Warehouse, source: Mapping[str, Any], version: str) -> dict[str, Any]:
         alias = source["alias"]
@@ -134,6 +164,24 @@ class LoadVectorsOperator(BaseOperator):
             result.previous_collection,
         )  # fmt: skip
         return result.as_dict()
+
+
+def _metrics(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _figures(metrics: Mapping[str, Any]) -> str:
+    """``read 5, filtered out 5, quarantined 0; failed filter: language 3, subject 5``."""
+    counts = [f"{label} {metrics[key]}" for key, label in (
+        ("rows_read", "read"), ("rows_filtered_out", "filtered out"), ("rows_quarantined", "quarantined"))
+        if metrics.get(key) is not None]  # fmt: skip
+    failed = ", ".join(f"{name} {n}" for name, n in (metrics.get("failed_filter") or {}).items() if n)
+    return ", ".join(counts) + (f"; failed filter: {failed}" if failed else "")
 
 
 def _run_time(context: Any):

@@ -86,21 +86,27 @@ def run_search(store: MilvusVectorStore, alias: str, query: str, k: int, model_d
 
 
 def format_hits(query: str, alias: str, info: CollectionInfo, hits: Sequence[Hit]) -> str:
+    """One line per hit. The author column holds people's names (blank where a book has none)
+    and is left out when no hit has one; the cover column likewise."""
+    authors = any(hit.author for hit in hits)
+    covers = any(hit.cover_url for hit in hits)
     lines = [
         f'Top {len(hits)} for "{query}" in {alias} -> {info.name}',
         f"(model {info.prop('model')}, version {info.prop('version')}; score = cosine similarity)",
-        f"{'rank':>4}  {'score':>6}  {'title':<40}  {'author':<28}  {'year':>4}  cover",
+        f"{'rank':>4}  {'score':>6}  {'title':<40}  " + (f"{'author':<28}  " if authors else "")
+        + f"{'year':>4}" + ("  cover" if covers else ""),
     ]
     for hit in hits:
         lines.append(
-            f"{hit.rank:>4}  {hit.score:6.3f}  {_cut(hit.title, 40):<40}  {_cut(hit.author, 28):<28}  "
-            f"{hit.year if hit.year is not None else '-':>4}  {hit.cover_url or '-'}"
+            f"{hit.rank:>4}  {hit.score:6.3f}  {_cut(hit.title, 40):<40}  "
+            + (f"{_cut(hit.author, 28, ''):<28}  " if authors else "")
+            + f"{hit.year if hit.year is not None else '-':>4}" + (f"  {hit.cover_url or '-'}" if covers else "")
         )
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
-def _cut(text: str | None, width: int) -> str:
-    text = (text or "-").replace("\n", " ")
+def _cut(text: str | None, width: int, missing: str = "-") -> str:
+    text = (text or missing).replace("\n", " ")
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

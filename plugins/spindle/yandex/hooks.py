@@ -103,6 +103,11 @@ class SpindleDataprocHook(DataprocHook):
                 break
         return max(jobs, key=lambda j: j.created_at.ToNanoseconds()) if jobs else None
 
+    def cancel_job(self, cluster_id: str, job_id: str, timeout: float = 120):
+        """``JobService.Cancel``, waiting (up to ``timeout`` s) for its operation."""
+        operation = self.jobs.Cancel(job_service_pb.CancelJobRequest(cluster_id=cluster_id, job_id=job_id))
+        return self.sdk.wait_operation_and_get_result(operation, timeout=timeout)
+
     def job_log_page(self, cluster_id: str, job_id: str, page_token: str = "") -> tuple[str, str]:
         """One page of the job's driver output and the next page's token ('' at the end)."""
         page = self.jobs.ListLog(

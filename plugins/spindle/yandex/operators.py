@@ -154,6 +154,23 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
             streamer.drain()
         return self.fetch_metrics(self.setting("s3_conn_id"))
 
+    def on_kill(self) -> None:
+        """The task was killed (marked failed, timed out, the worker stopping it): cancel the
+        Data Proc job it submitted (``JobService.Cancel``), found by its run-unique name."""
+        cluster_id, name = str(self.cluster_id or ""), self.name
+        if not cluster_id or not name:
+            return
+        try:
+            hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
+            job = hook.find_job(cluster_id, name)
+            if job is None:
+                self.log.info("No Data Proc job named %s on cluster %s to cancel", name, cluster_id)
+                return
+            self.log.warning("Task killed: cancelling Data Proc job %s on cluster %s", job.id, cluster_id)
+            hook.cancel_job(cluster_id, job.id)
+        except Exception as err:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not cancel the Data Proc job %s on cluster %s: %s", name, cluster_id, err)
+
     def _publish_links(self, context: Any, hook: SpindleDataprocHook, cluster_id: str) -> None:
         try:
             self.spark_ui_url = hook.spark_ui_url(
@@ -315,10 +332,37 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
             return cluster_id
         self.apply_settings(context)
         self.log.info("Creating Data Proc cluster %s with labels %s", self.cluster_name, self.labels)
-        cluster_id = super().execute(context)
+        try:
+            cluster_id = super().execute(context)
+        except BaseException as err:  # also the task's execution_timeout (AirflowTaskTimeout)
+            self.delete_failed_create(err)
+            raise
         self.console_url = CONSOLE_URL.format(folder_id=self.folder_id, cluster_id=cluster_id)
         context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
         return cluster_id
+
+    def delete_failed_create(self, err: BaseException) -> None:
+        """Delete the cluster a failed create left behind (the Create operation failed, the
+        cluster ended in ERROR, or the wait was cut short), as Google's Dataproc operator does
+        with ``delete_on_error``. Its id comes from the operation's metadata, else from the
+        folder's clusters of this run's unique name. Best effort: the create's error is what the
+        task fails with; a failed delete is logged (the reaper is the last resort)."""
+        meta = getattr(getattr(err, "operation_result", None), "meta", None)
+        cluster_id = getattr(meta, "cluster_id", "") or ""
+        try:
+            hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
+            if not cluster_id:
+                named = [c.id for c in hook.list_clusters(self.folder_id) if c.name == self.cluster_name]
+                cluster_id = named[0] if named else ""
+            if not cluster_id:
+                self.log.info("Create failed before a cluster named %s existed: nothing to delete", self.cluster_name)
+                return
+            self.log.warning("Create failed (%s): deleting the cluster it left, %s", err, cluster_id)
+            hook.dataproc_client.delete_cluster(cluster_id)
+            self.log.info("Deleted Data Proc cluster %s after the failed create", cluster_id)
+        except Exception as cleanup:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not delete Data Proc cluster %s after the failed create: %s "
+                           "(the reaper deletes it once past its TTL)", cluster_id or self.cluster_name, cleanup)  # fmt: skip
 
 
 class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):

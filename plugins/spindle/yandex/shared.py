@@ -22,7 +22,8 @@ last model is done. Three parts, three DAGs:
   reference count. It deletes the published cluster once every DAG in ``models`` has released
   *that* cluster id since it was opened, or unconditionally at the deadline (a scheduled run)
   or with ``force``. Deleting an already deleted cluster is a no-op, so late or repeated close
-  runs are harmless. Past both, the reaper deletes it when its ``spindle-ttl-hours`` expire.
+  runs are harmless. Past both, the reaper's next scheduled run deletes it once its
+  ``spindle-ttl-hours`` expire.
 
 Why assets and not cross-DAG XCom: the event is a durable, typed hand-over that the scheduler
 understands (the close DAG is *scheduled* on releases; the UI shows producer and consumers),

@@ -1,12 +1,7 @@
-"""Shared constants and helpers of the spark_apps tests (a uniquely named module: every test
-folder has a ``conftest``, so importing from it would be ambiguous)."""
+"""Shared constants and helpers of the spark_apps tests."""
 
-from pathlib import Path
+from tests.support.paths import EDITIONS, REPO, SAMPLES, STS_DEV  # noqa: F401  (the tests' names for them)
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "data" / "samples"
-EDITIONS = SAMPLES / "openlibrary" / "editions-head-n1000.txt"
-STS_DEV = SAMPLES / "stsbenchmark" / "sts-dev.csv"
 METRICS_PREFIX = "SPINDLE_METRICS "
 
 

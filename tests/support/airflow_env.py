@@ -1,11 +1,12 @@
-"""Environment of the Airflow-side tests, set up on import (conftest.py imports it first).
+"""The isolated Airflow of the tests, set up on import (``tests/conftest.py`` imports it first).
 
-An isolated Airflow for the Airflow-side tests: its own home, sqlite DB, secrets file, warehouse
-and Spindle run folder in a temp dir, so the dev ``.airflow``/``.spindle`` are never touched.
+Its own home, sqlite DB, secrets file, warehouse and Spindle run folder in a temp dir, so the
+dev ``.airflow``/``.spindle`` are never touched.
 
 Airflow reads its configuration when ``airflow`` is first imported, so the environment is set
-here, at import time of this conftest, before any test module imports Airflow. The DAGs and
-plugins are the repository's own (``dag.test()`` needs the DAG file inside the dags folder).
+here, at import time of the root conftest, before any conftest or test module imports Airflow.
+The DAGs and plugins are the repository's own (``dag.test()`` needs the DAG file inside the
+dags folder); ``plugins/`` is on ``sys.path`` through ``pythonpath`` in ``pytest.ini``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import DAGS, PLUGINS, REPO
+
 if "airflow" in sys.modules:  # pragma: no cover - a guard, not a code path
-    raise RuntimeError("airflow_testenv must configure Airflow before anything imports it")
+    raise RuntimeError("tests.support.airflow_env must configure Airflow before anything imports it")
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="spindle-airflow-tests-"))
 atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
@@ -62,8 +64,8 @@ os.environ.update(
     {
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         # The REST API answers the test client as admin (Simple auth manager), no login needed.
@@ -81,8 +83,16 @@ os.environ.update(
 )
 os.environ.pop("SPINDLE_SECRETS_SOURCE", None)  # derived from the secrets backend config
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-if str(REPO / "plugins") not in sys.path:
-    sys.path.insert(0, str(REPO / "plugins"))
+
+
+def parse_dags():
+    """The repository's DAGs, parsed into a new DagBag (imports Airflow: call it from a fixture).
+
+    A bag's DAG objects keep state from the ``dag.test()`` runs made on them (a task's params keep
+    the last run's conf), so test folders that run DAGs with different confs do not share one."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
 
 
 def spark_daemon_pids() -> list[str]:

@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-ARTIFACTS = REPO / "test-artifacts" / "ui"
+import psutil
+
+from tests.support.paths import REPO, TEST_ARTIFACTS
+
+ARTIFACTS = TEST_ARTIFACTS / "ui"
 DOCS_IMG = REPO / "docs" / "img"
 CHROMIUM = os.environ.get("SPINDLE_CHROMIUM", "/usr/bin/chromium")
 # Flags for a closed network: without the background-networking ones Chromium keeps trying to
@@ -90,26 +93,25 @@ def skip_or_fail(reason: str) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-def _environ_has(pid: int, needle: bytes) -> bool:
+def _environ_has(proc: psutil.Process, key: str, value: str) -> bool:
     try:
-        return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
+        return proc.environ().get(key) == value
+    except (OSError, psutil.Error):
         return False
 
 
 def marked_pids(run_token: str) -> list[int]:
     """Live processes whose environment carries ``SPINDLE_UI_TEST_RUN=<run_token>``."""
-    needle = f"{MARKER}={run_token}".encode()
     me = os.getpid()
     found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != me and _environ_has(int(entry.name), needle):
+    for proc in psutil.process_iter():
+        if proc.pid != me and _environ_has(proc, MARKER, run_token):
             try:
-                state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
+                if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                    continue
+            except psutil.Error:
                 continue
-            if state not in ("Z", "X"):
-                found.append(int(entry.name))
+            found.append(proc.pid)
     return found
 
 
@@ -121,8 +123,8 @@ def spark_daemons(folder: Path) -> list[str]:
         if "org.apache.spark.deploy.master.Master" in line or "org.apache.spark.deploy.worker.Worker" in line:
             pid = int(line.split()[0])
             try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-            except OSError:
+                cwd = psutil.Process(pid).cwd()
+            except (OSError, psutil.Error):
                 continue
             if cwd.startswith(str(folder)):
                 lines.append(line)
@@ -184,6 +186,10 @@ class AirflowServer:
                 "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": "4",
+                # One retry, as a production deployment would set: on a busy 2-core CI machine a
+                # task can die of its host's load; the test records every retry and its first log.
+                "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "1",
+                "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
                 "AIRFLOW__CORE__AUTH_MANAGER": (
