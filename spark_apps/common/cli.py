@@ -80,6 +80,15 @@ def add_model_options(parser, batch_size, text_column=True):
     group.add_argument(
         "--torch-threads", type=positive_int, default=None, help="torch threads per task; default: spark.task.cpus"
     )
+    group.add_argument(
+        "--dead-letter", default=None,
+        help="Parquet for the rows the model raised on (id, error, job, model, model_fingerprint); "
+        "default: <output without .parquet>.dead_letter.parquet",
+    )
+    group.add_argument(
+        "--max-error-rate", type=fraction, default=0.01,
+        help="fail the job when more than this fraction of the rows in were dead-lettered (0: any row)",
+    )
     return group
 
 
@@ -87,6 +96,13 @@ def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
 
 

@@ -174,11 +174,14 @@ def embed_image_batches(batches, model_spec, fetcher, batch_size=32, threads=Non
     image_sha256, error, model_fingerprint)`` per batch: every image of the Arrow batch is
     fetched (concurrently), then decoded, preprocessed and encoded ``batch_size`` at a time. A
     row whose image cannot be had gets a null vector and its ``error`` (``reason: detail``);
-    it never fails the task.
+    it never fails the task. When the model raises on a chunk of images, the chunk is bisected
+    (:func:`spark_apps.common.poison.isolate`): the images it raises on alone get a null vector
+    and their ``model_error`` (the job dead-letters them), the others their vector.
     """
     import pandas as pd
 
     from spark_apps.common import images as imaging
+    from spark_apps.common import poison
 
     clip = load_clip(model_spec, threads)
     for frame in batches:
@@ -188,6 +191,7 @@ def embed_image_batches(batches, model_spec, fetcher, batch_size=32, threads=Non
         fetch_seconds = time.perf_counter() - fetch_start
         encode_start = time.perf_counter()
         vectors = [None] * len(frame)
+        model_errors = [None] * len(frame)
         errors = [r.error for r in fetched]
         for start in range(0, len(fetched), batch_size):
             chunk, pixels = [], []
@@ -207,9 +211,9 @@ def embed_image_batches(batches, model_spec, fetcher, batch_size=32, threads=Non
             if chunk:
                 import torch
 
-                encoded = encode_pixels(clip, torch.cat(pixels))
-                for i, vector in zip(chunk, encoded):
-                    vectors[i] = vector
+                encoded, failures = poison.isolate(lambda part: encode_pixels(clip, torch.cat(list(part))), pixels)
+                for i, vector, failure in zip(chunk, encoded, failures):
+                    vectors[i], model_errors[i] = vector, failure
         if on_batch is not None:
             on_batch(fetch_seconds, time.perf_counter() - encode_start, len(frame))
         yield pd.DataFrame(
@@ -218,5 +222,6 @@ def embed_image_batches(batches, model_spec, fetcher, batch_size=32, threads=Non
                 "image_sha256": [r.sha256 for r in fetched],
                 "error": errors,
                 "model_fingerprint": clip.fingerprint,
+                "model_error": model_errors,
             }
         )

@@ -45,43 +45,88 @@ def output_slices(frame, rows=None):
         yield frame.iloc[start:start + rows].reset_index(drop=True)
 
 
+def over_limit(model, texts):
+    """Per text: whether the model truncates it (more tokens than ``max_seq_length``, special
+    tokens included); None when the model does not tell its tokenizer and limit."""
+    limit = getattr(model, "max_seq_length", None)
+    tokenizer = getattr(model, "tokenizer", None)
+    if not limit or tokenizer is None:
+        return None
+    return tokens_over(tokenizer, limit, texts)
+
+
+def tokens_over(tokenizer, limit, texts):
+    """Per text: whether it has more than ``limit`` tokens, special tokens included. Only texts
+    with more UTF-8 bytes than the limit can have more tokens (a token covers at least one byte,
+    or one character), so short texts are never tokenized a second time."""
+    margin = tokenizer.num_special_tokens_to_add() + 1  # + a leading word-start token
+    candidates = [i for i, text in enumerate(texts) if len(text.encode("utf-8")) + margin > limit]
+    flags = [False] * len(texts)
+    if candidates:
+        ids = tokenizer([texts[i] for i in candidates], truncation=False, verbose=False)["input_ids"]
+        for i, tokens in zip(candidates, ids):
+            flags[i] = len(tokens) > limit
+    return flags
+
+
 def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, output_rows=None):
-    """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint)]``.
+    """``Iterator[pd.Series of str]`` -> ``Iterator[pd.DataFrame(vector, model_fingerprint, error,
+    truncated)]``.
 
     The whole Arrow batch goes to one ``encode`` call: sentence-transformers sorts it by
     length before cutting ``batch_size`` chunks, so larger Arrow batches pad less. A null text
     (a row carried over from the previous version) gets a null vector and fingerprint; the model
-    is loaded at the first row that needs it, so a batch of carried rows costs nothing.
+    is loaded at the first row that needs it, so a batch of carried rows costs nothing. When
+    ``encode`` raises, the batch is bisected (:func:`spark_apps.common.poison.isolate`): the
+    rows it raises on alone get a null vector and their ``error``, the others their vector.
+    ``truncated``: the text is longer than the model's limit (embedded from its start).
     Results come out in slices of at most ``output_rows`` rows (see ``OUTPUT_SLICE_ROWS``).
     """
     import numpy as np
     import pandas as pd
 
+    from spark_apps.common import poison
+
     model = model_fingerprint = None
-    for texts in batches:
-        present = texts.notna().to_numpy()
-        if not present.any():
-            yield pd.DataFrame({"vector": [None] * len(texts), "model_fingerprint": None})
-            continue
-        if model is None:
-            model, model_fingerprint = load("sentence-transformers", model_spec, threads)
-        start = time.perf_counter()
-        vectors = model.encode(
-            texts[present].tolist(),
+
+    def encode(chunk):
+        return model.encode(
+            chunk,
             batch_size=batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
         ).astype(np.float32, copy=False)
+
+    for texts in batches:
+        present = texts.notna().to_numpy()
+        if not present.any():
+            yield pd.DataFrame(
+                {"vector": [None] * len(texts), "model_fingerprint": None, "error": None, "truncated": None}
+            )
+            continue
+        if model is None:
+            model, model_fingerprint = load("sentence-transformers", model_spec, threads)
+        start = time.perf_counter()
+        chunk = texts[present].tolist()
+        vectors, errors = poison.isolate(encode, chunk)
         if on_batch is not None:
             on_batch(time.perf_counter() - start, int(present.sum()))
+        try:  # measured: 0.16 s for 400 texts over the limit vs 37 s to encode them (MiniLM, 1 thread)
+            truncated = over_limit(model, chunk)
+        except Exception:  # noqa: BLE001 - a text the tokenizer rejects is encode's to fail, not this count's
+            truncated = None
         if present.all():
-            frame = pd.DataFrame({"vector": list(vectors), "model_fingerprint": model_fingerprint})
+            frame = pd.DataFrame({"vector": vectors, "model_fingerprint": model_fingerprint, "error": errors,
+                                  "truncated": truncated})  # fmt: skip
         else:
-            column = np.full(len(texts), None, dtype=object)
-            for row, vector in zip(np.flatnonzero(present), vectors):
-                column[row] = vector
-            frame = pd.DataFrame({"vector": column, "model_fingerprint": np.where(present, model_fingerprint, None)})
+            columns = {name: np.full(len(texts), None, dtype=object) for name in ("vector", "error", "truncated")}
+            for i, row in enumerate(np.flatnonzero(present)):
+                columns["vector"][row] = vectors[i]
+                columns["error"][row] = errors[i]
+                columns["truncated"][row] = None if truncated is None else truncated[i]
+            columns["model_fingerprint"] = np.where(present, model_fingerprint, None)
+            frame = pd.DataFrame({name: columns[name] for name in ("vector", "model_fingerprint", "error", "truncated")})
         yield from output_slices(frame, output_rows)
 
 
@@ -119,15 +164,29 @@ def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_in
 
 def generate_batches(batches, model_spec, batch_size, max_new_tokens, max_input_tokens=512,
                      threads=None, on_batch=None):
-    """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint)]``."""
+    """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint,
+    error, truncated)]``. When generation raises, the batch is bisected
+    (:func:`spark_apps.common.poison.isolate`): the prompts it raises on alone get a null text and
+    their ``error``. ``truncated``: the prompt had more than ``max_input_tokens`` tokens (cut)."""
     import pandas as pd
 
+    from spark_apps.common import poison
+
     (tokenizer, model), model_fingerprint = load("seq2seq", model_spec, threads)
+
+    def generate(chunk):
+        return generate_texts(tokenizer, model, chunk, batch_size, max_new_tokens, max_input_tokens)
+
     for prompts in batches:
         start = time.perf_counter()
-        texts = generate_texts(
-            tokenizer, model, prompts.tolist(), batch_size, max_new_tokens, max_input_tokens
-        )
+        chunk = prompts.tolist()
+        texts, errors = poison.isolate(generate, chunk)
         if on_batch is not None:
             on_batch(time.perf_counter() - start, len(prompts))
-        yield pd.DataFrame({"text": texts, "model_fingerprint": model_fingerprint})
+        try:  # one tokenizer pass over the long prompts only: nothing next to generate
+            truncated = tokens_over(tokenizer, max_input_tokens, chunk)
+        except Exception:  # noqa: BLE001 - a prompt the tokenizer rejects is generate's to fail
+            truncated = None
+        yield pd.DataFrame(
+            {"text": texts, "model_fingerprint": model_fingerprint, "error": errors, "truncated": truncated}
+        )

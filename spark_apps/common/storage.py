@@ -63,3 +63,9 @@ def files_fingerprint(spark, path):
         total += status.getLen()
     digest = hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
     return {"files": len(lines), "bytes": total, "fingerprint": "sha256:" + digest}
+
+
+def delete(spark, path):
+    """Remove a file or a folder (recursively); False when there was nothing to remove."""
+    fs, hadoop_path = _fs_path(spark, path)
+    return bool(fs.delete(hadoop_path, True))

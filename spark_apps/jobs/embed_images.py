@@ -31,7 +31,7 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, clip, images, io, job, warmup
+from spark_apps.common import cli, clip, images, io, job, poison, warmup
 
 JOB = "embed_images"
 # Checked on the driver before Spark starts: they come with the cluster environment.
@@ -46,8 +46,10 @@ EMBEDDING = T.StructType(
         T.StructField("image_sha256", T.StringType()),
         T.StructField("error", T.StringType()),
         T.StructField("model_fingerprint", T.StringType()),
+        T.StructField("model_error", T.StringType()),  # the model raised on this image alone: dead-lettered
     ]
 )
+OUTPUT_COLUMNS = ("id", "cover_id", "vector", "model", "model_fingerprint", "image_sha256", "error")
 
 
 def positive_float(text):
@@ -201,7 +203,8 @@ def embedding_udf(model_spec, fetcher, batch_size, threads, fetch_seconds, encod
 
 
 def embed(rows, embed_udf, model_name, prefetched=False):
-    """The output columns: one UDF call per row (the same call behind every field)."""
+    """The output columns, plus ``model_error`` (null, or why the model raised on the image: the
+    row goes to the dead-letter output): one UDF call per row (the same call behind every field)."""
     columns = [F.col("cover_id"), F.col("image")] + ([F.col("content")] if prefetched else [])
     result = embed_udf(F.struct(*columns))
     return rows.select(
@@ -212,6 +215,7 @@ def embed(rows, embed_udf, model_name, prefetched=False):
         result.getField("model_fingerprint").alias("model_fingerprint"),
         result.getField("image_sha256").alias("image_sha256"),
         result.getField("error").alias("error"),
+        result.getField("model_error").alias("model_error"),
     )
 
 
@@ -257,15 +261,20 @@ def run(spark, args, warehouse, watch):
     udf = embedding_udf(
         model["spec"], fetcher, args.batch_size, args.torch_threads, fetch_seconds, encode_seconds
     )
-    with watch.stage("embed"):  # read + fetch + encode + write: one Spark action
-        io.write_parquet(embed(rows, udf, model["name"], remote_folder), target)
+    dead_letter = poison.location(args, warehouse, target)
+    with watch.stage("embed"):  # read + fetch + encode + write; the dead-letter rows from disk
+        outcome = poison.write_split(
+            spark, embed(rows, udf, model["name"], remote_folder), OUTPUT_COLUMNS, target, dead_letter, JOB,
+            error_column="model_error",
+        )  # fmt: skip
     counts = observed.get
+    poison.check_budget(outcome["rows_dead_lettered"], counts["rows_in"], args.max_error_rate, dead_letter)
     with watch.stage("count"):
         embedded, failed, reasons = outcome_counts(spark, target)
     seconds = watch.seconds["embed"]
     return {
         "input": source,
-        "outputs": {"embeddings": target},
+        "outputs": {"embeddings": target, "dead_letter": outcome["dead_letter"]},
         "images": {
             "images_dir": images_dir,
             "url_template": fetcher.url_template,
@@ -278,6 +287,9 @@ def run(spark, args, warehouse, watch):
         "images_embedded": embedded,
         "images_failed": failed,
         "failure_reasons": {r: n for r, n in reasons.items() if n},
+        "rows_dead_lettered": outcome["rows_dead_lettered"],
+        "dead_letter_reasons": outcome["dead_letter_reasons"],
+        "max_error_rate": args.max_error_rate,
         "partitions": model["partitions"],
         "arrow_batch_size": model["arrow_batch_size"],
         "executor_model_fingerprints": model["executor_fingerprints"],

@@ -24,7 +24,7 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, drift, inference, io, job, manifest, storage, warmup
+from spark_apps.common import cli, drift, inference, io, job, manifest, poison, storage, warmup
 
 JOB = "embed_text"
 # Checked on the driver before Spark starts: they come with the cluster environment.
@@ -36,8 +36,14 @@ DEFAULT_ARROW_BATCH = 5000
 WARM_UP_MIN_ROWS = 1000  # incremental runs: below this many rows to embed, no warm-up stage
 VECTOR = T.ArrayType(T.FloatType(), containsNull=False)
 EMBEDDING = T.StructType(
-    [T.StructField("vector", VECTOR), T.StructField("model_fingerprint", T.StringType())]
+    [
+        T.StructField("vector", VECTOR),
+        T.StructField("model_fingerprint", T.StringType()),
+        T.StructField("error", T.StringType()),  # the model raised on this row alone: dead-lettered
+        T.StructField("truncated", T.BooleanType()),  # longer than the model's max_seq_length
+    ]
 )
+OUTPUT_COLUMNS = ("id", "vector", "model", "model_fingerprint", "text_sha256")
 
 
 def parse_args(argv=None):
@@ -102,23 +108,28 @@ def match_previous(rows, previous):
 
 
 def embed(rows, embed_udf, model_name, model_fingerprint=None):
-    """The output columns. Carried rows reach the UDF as a null text and keep their vector;
-    without a UDF (every row carried over) no Python worker starts at all."""
+    """The output columns, plus ``error`` (null, or why the model raised on the row: it goes to
+    the dead-letter output) and ``truncated``. Carried rows reach the UDF as a null text and keep
+    their vector; without a UDF (every row carried over) no Python worker starts at all."""
     carried = F.col("previous_vector").isNotNull()
     if embed_udf is None:
         vector, fingerprint = F.col("previous_vector"), F.lit(model_fingerprint).cast("string")
+        error, truncated = F.lit(None).cast("string"), F.lit(None).cast("boolean")
     else:
         result = embed_udf(F.when(~carried, F.col("text")))
         vector = F.coalesce(F.col("previous_vector"), result.getField("vector"))
         fingerprint = F.when(carried, F.lit(model_fingerprint).cast("string")).otherwise(
             result.getField("model_fingerprint")
         )
+        error, truncated = result.getField("error"), result.getField("truncated")
     return rows.select(
         "id",
         vector.alias("vector"),
         F.lit(model_name).alias("model"),
         fingerprint.alias("model_fingerprint"),
         "text_sha256",
+        error.alias("error"),
+        truncated.alias("truncated"),
     )
 
 
@@ -201,25 +212,42 @@ def run(spark, args, warehouse, watch):
     if to_embed != 0:
         rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
         udf = embedding_udf(model["spec"], args.batch_size, args.torch_threads, encode_seconds)
-    with watch.stage("embed"):  # read + join + encode + write: one Spark action
-        io.write_parquet(embed(rows, udf, model["name"], model["fingerprint"]), target)
+    dead_letter = poison.location(args, warehouse, target)
+    with watch.stage("embed"):  # read + join + encode + write; the dead-letter rows from disk
+        outcome = poison.write_split(
+            spark, embed(rows, udf, model["name"], model["fingerprint"]), OUTPUT_COLUMNS, target, dead_letter,
+            JOB, persist=udf is not None, extra=[("rows_truncated", F.col("truncated"))],
+        )  # fmt: skip
     counts = observed.get
-    embedded = counts["rows_in"] - (counts["rows_null_text"] or 0) - carried
+    dead = outcome["rows_dead_lettered"]
+    poison.check_budget(dead, counts["rows_in"], args.max_error_rate, dead_letter)  # before manifest, pointer
+    embedded = counts["rows_in"] - (counts["rows_null_text"] or 0) - carried - dead
     seconds = watch.seconds["embed"]
     manifest_path = manifest_location(args, warehouse, target)
+    latest = warehouse.path(args.latest) if args.latest and manifest_path else None
+    latest_note = None
+    if latest and embedded + carried == 0:
+        # An empty version (e.g. no book survived prepare_books' filters) never becomes the
+        # latest: the next run still carries over from, and compares with, the last real one.
+        latest, latest_note = None, f"0 rows written: pointer {warehouse.path(args.latest)} left alone"
     with watch.stage("drift"):
         plot_path = manifest.parent(manifest_path) + "/drift.png" if manifest_path else None
         figures, plot_path = measure_drift(spark, args, previous, target, plot_path, model)
     result = {
         "input": source,
         "outputs": {"embeddings": target, "manifest": manifest_path, "drift_plot": plot_path,
-                    "latest": warehouse.path(args.latest) if args.latest and manifest_path else None},
+                    "latest": latest, "dead_letter": outcome["dead_letter"]},
+        "latest_note": latest_note,
         "model": model["name"],
         "model_fingerprint": model["fingerprint"],
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_embedded": embedded,
         "rows_carried_over": carried,
+        "rows_dead_lettered": dead,
+        "dead_letter_reasons": outcome["dead_letter_reasons"],
+        "rows_truncated": outcome["rows_truncated"],
+        "max_error_rate": args.max_error_rate,
         "previous": {k: v for k, v in (previous or {}).items() if k in ("embeddings", "manifest", "note")} or None,
         "drift": figures,
         "partitions": model["partitions"],
@@ -251,12 +279,15 @@ def write_manifest(spark, args, result, watch):
         "parameters": {"batch_size": args.batch_size, "arrow_batch_size": result["arrow_batch_size"],
                        "partitions": result["partitions"], "torch_threads": args.torch_threads,
                        "id_column": args.id_column, "text_column": args.text_column,
-                       "drift_sample": args.drift_sample, "previous": args.previous},
+                       "drift_sample": args.drift_sample, "previous": args.previous,
+                       "max_error_rate": args.max_error_rate},
         "input": manifest.input_fingerprint(spark, result["input"], args.input_format or io.detect_format(result["input"])),
         "rows": dict(manifest.upstream_rows(args.upstream_metrics), **{
             "in": result["rows_in"], "skipped_null_text": result["rows_skipped_null_text"],
             "embedded": result["rows_embedded"], "carried_over": result["rows_carried_over"],
-            "written": result["rows_embedded"] + result["rows_carried_over"]}),
+            "written": result["rows_embedded"] + result["rows_carried_over"],
+            "dead_lettered": result["rows_dead_lettered"], "truncated": result["rows_truncated"]}),
+        "dead_letter_reasons": result["dead_letter_reasons"],
         "seconds": seconds,
         "outputs": result["outputs"],
         "previous": result["previous"],

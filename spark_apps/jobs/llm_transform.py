@@ -23,7 +23,7 @@ from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from spark_apps.common import cli, inference, io, job, warmup
+from spark_apps.common import cli, inference, io, job, poison, warmup
 
 JOB = "llm_transform"
 # Checked on the driver before Spark starts: they come with the cluster environment.
@@ -33,7 +33,12 @@ DEFAULT_PROMPT = "sentiment of the text: {text}"
 DEFAULT_ARROW_BATCH = 256  # generation is slow per row: smaller batches balance tasks better
 RESERVED = ("id", "text", "model", "model_fingerprint")
 GENERATED = T.StructType(
-    [T.StructField("text", T.StringType()), T.StructField("model_fingerprint", T.StringType())]
+    [
+        T.StructField("text", T.StringType()),
+        T.StructField("model_fingerprint", T.StringType()),
+        T.StructField("error", T.StringType()),  # generation raised on this row alone: dead-lettered
+        T.StructField("truncated", T.BooleanType()),  # the prompt was cut to --max-input-tokens
+    ]
 )
 
 
@@ -81,7 +86,13 @@ def generation_udf(model_spec, args, generate_seconds):
     return generate
 
 
+def output_columns(output_column):
+    return ("id", "text", output_column, "model", "model_fingerprint")
+
+
 def transform(rows, generate_udf, template, output_column, model_name):
+    """The output columns, plus ``error`` (null, or why generation raised on the row: it goes to
+    the dead-letter output) and ``truncated``."""
     result = generate_udf(prompt_column(template, F.col("text")))
     return rows.select(
         "id",
@@ -89,6 +100,8 @@ def transform(rows, generate_udf, template, output_column, model_name):
         result.getField("text").alias(output_column),
         F.lit(model_name).alias("model"),
         result.getField("model_fingerprint").alias("model_fingerprint"),
+        result.getField("error").alias("error"),
+        result.getField("truncated").alias("truncated"),
     )
 
 
@@ -100,19 +113,30 @@ def run(spark, args, warehouse, watch):
     rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
     rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
     udf = generation_udf(model["spec"], args, generate_seconds)
-    with watch.stage("transform"):  # read + generate + write: one Spark action
-        io.write_parquet(transform(rows, udf, args.prompt_template, args.output_column, model["name"]), target)
+    dead_letter = poison.location(args, warehouse, target)
+    with watch.stage("transform"):  # read + generate + write; the dead-letter rows from disk
+        outcome = poison.write_split(
+            spark, transform(rows, udf, args.prompt_template, args.output_column, model["name"]),
+            output_columns(args.output_column), target, dead_letter, JOB,
+            extra=[("rows_truncated", F.col("truncated"))],
+        )  # fmt: skip
     counts = observed.get
-    done = counts["rows_in"] - (counts["rows_null_text"] or 0)
+    dead = outcome["rows_dead_lettered"]
+    poison.check_budget(dead, counts["rows_in"], args.max_error_rate, dead_letter)
+    done = counts["rows_in"] - (counts["rows_null_text"] or 0) - dead
     seconds = watch.seconds["transform"]
     return {
         "input": source,
-        "outputs": {"transformed": target},
+        "outputs": {"transformed": target, "dead_letter": outcome["dead_letter"]},
         "model": model["name"],
         "model_fingerprint": model["fingerprint"],
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_transformed": done,
+        "rows_dead_lettered": dead,
+        "dead_letter_reasons": outcome["dead_letter_reasons"],
+        "rows_truncated": outcome["rows_truncated"],
+        "max_error_rate": args.max_error_rate,
         "partitions": model["partitions"],
         "arrow_batch_size": model["arrow_batch_size"],
         "executor_model_fingerprints": model["executor_fingerprints"],

@@ -87,6 +87,8 @@ def test_params_have_descriptions_and_types(dagbag, dag_id):
         ("spindle_nightly_books", {"worker_memory_mb": 100}, "worker_memory_mb"),
         ("spindle_nightly_books", {"executor_cores": "x"}, "executor_cores"),
         ("spindle_nightly_books", {"batch_size": 0}, "batch_size"),
+        ("spindle_nightly_books", {"max_error_rate": 1.5}, "max_error_rate"),
+        ("spindle_llm_transform", {"max_error_rate": -0.1}, "max_error_rate"),
         ("spindle_nightly_books", {"input_path": ""}, "input_path"),
         ("spindle_llm_transform", {"prompt_template": "no placeholder"}, "prompt_template"),
         ("spindle_llm_transform", {"max_new_tokens": 100000}, "max_new_tokens"),
