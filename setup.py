@@ -4,6 +4,7 @@ The wheel built from this file is what every job ships (``--py-files`` locally,
 ``python_file_uris`` on Data Proc, S3 on EMR). Airflow-side code lives in ``plugins/`` and is
 deliberately not part of it: clusters run old Spark and Python (3.8) without Airflow.
 """
+
 from setuptools import find_packages, setup
 
 setup(

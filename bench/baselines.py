@@ -27,6 +27,7 @@ the other in one Spark application and prints one ``BENCH_RESULT {json}`` line f
     python bench/baselines.py --approach broadcast,predict-batch --input s.parquet --output o.parquet \
         --model DIR --master local[2]
 """
+
 import argparse
 import json
 import os
@@ -197,13 +198,20 @@ def run_one(spark, args, approach):
     apply(rows, udf, args).write.mode("overwrite").parquet(output)
     seconds["action"] = time.perf_counter() - start
     count = spark.read.parquet(output).count()
-    return {"approach": approach, "rows": count, "partitions": slots, "seconds": seconds,
-            "rows_per_second": count / seconds["action"]}  # fmt: skip
+    return {
+        "approach": approach,
+        "rows": count,
+        "partitions": slots,
+        "seconds": seconds,
+        "rows_per_second": count / seconds["action"],
+    }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--approach", required=True, help="one of %s, or several, comma-separated" % ", ".join(APPROACHES))
+    parser.add_argument(
+        "--approach", required=True, help="one of %s, or several, comma-separated" % ", ".join(APPROACHES)
+    )
     parser.add_argument("--input", required=True, help="Parquet with id, text")
     parser.add_argument("--output", required=True)
     parser.add_argument("--model", required=True, help="model directory")

@@ -54,16 +54,34 @@ def default_model():
 
 def bare_rate(model, texts, batch_size):
     start = time.perf_counter()
-    model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    model.encode(
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
     return len(texts) / (time.perf_counter() - start)
 
 
 def job_command(args, source, output, extra, job="embed_text"):
     """``python -m spark_apps.jobs.<job>`` on ``args.master`` with the bench's Spark settings, and its env."""
-    cmd = [sys.executable, "-m", f"spark_apps.jobs.{job}", "--master", args.master,
-           "--conf", "spark.ui.enabled=false", "--conf", "spark.ui.showConsoleProgress=false",
-           "--input", source, "--output", output, "--model", args.model,
-           "--batch-size", str(args.batch_size), *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        f"spark_apps.jobs.{job}",
+        "--master",
+        args.master,
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.ui.showConsoleProgress=false",
+        "--input",
+        source,
+        "--output",
+        output,
+        "--model",
+        args.model,
+        "--batch-size",
+        str(args.batch_size),
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     return cmd, env
 
@@ -73,7 +91,7 @@ def job_metrics(returncode, stdout, stderr, what="embed_text"):
     if returncode != 0:
         sys.exit(f"{what} failed ({returncode}):\n{stderr[-4000:]}")
     line = next(x for x in stdout.splitlines() if x.startswith(METRICS_PREFIX))
-    return json.loads(line[len(METRICS_PREFIX):])
+    return json.loads(line[len(METRICS_PREFIX) :])
 
 
 def job_rates(args, source, output, extra):
@@ -113,8 +131,10 @@ def main(argv=None):
     texts = rows_of(sts_sentences(), args.rows)
     model = SentenceTransformer(args.model, device="cpu", local_files_only=True)
     model.encode(texts[:256], batch_size=args.batch_size)  # warm-up, not timed
-    print(f"rows={len(texts)} batch_size={args.batch_size} cores={os.cpu_count()} "
-          f"bare torch threads={torch.get_num_threads()} master={args.master} job args={args.job_args}")  # fmt: skip
+    print(
+        f"rows={len(texts)} batch_size={args.batch_size} cores={os.cpu_count()} "
+        f"bare torch threads={torch.get_num_threads()} master={args.master} job args={args.job_args}"
+    )
     rounds = []
     with tempfile.TemporaryDirectory(prefix="spindle-bench-") as tmp:
         source = os.path.join(tmp, "sentences.parquet")
@@ -123,9 +143,11 @@ def main(argv=None):
             bare = bare_rate(model, texts, args.batch_size)
             job = job_rates(args, source, os.path.join(tmp, "out.parquet"), args.job_args)
             rounds.append({"bare_rps": bare, **job})
-            print(f"round {number}: bare {bare:7.1f} rows/s | job embed stage {job['stage_rps']:7.1f} rows/s "
-                  f"({job['stage_rps'] / bare:.3f}x) | whole job {job['job_rps']:7.1f} rows/s "
-                  f"({job['job_rps'] / bare:.3f}x, {job['job_wall_s']:.1f} s)")  # fmt: skip
+            print(
+                f"round {number}: bare {bare:7.1f} rows/s | job embed stage {job['stage_rps']:7.1f} rows/s "
+                f"({job['stage_rps'] / bare:.3f}x) | whole job {job['job_rps']:7.1f} rows/s "
+                f"({job['job_rps'] / bare:.3f}x, {job['job_wall_s']:.1f} s)"
+            )
     summary = {
         "rows": len(texts),
         "batch_size": args.batch_size,
@@ -138,9 +160,11 @@ def main(argv=None):
         "job_ratio": statistics.median(r["job_rps"] / r["bare_rps"] for r in rounds),
         "job_settings": {k: rounds[-1]["metrics"].get(k) for k in ("partitions", "arrow_batch_size", "seconds")},
     }
-    print(f"median: bare {summary['bare_rps']:.1f} rows/s, embed stage {summary['stage_rps']:.1f} rows/s "
-          f"= {summary['stage_ratio']:.3f}x bare, whole job {summary['job_rps']:.1f} rows/s = "
-          f"{summary['job_ratio']:.3f}x bare")  # fmt: skip
+    print(
+        f"median: bare {summary['bare_rps']:.1f} rows/s, embed stage {summary['stage_rps']:.1f} rows/s "
+        f"= {summary['stage_ratio']:.3f}x bare, whole job {summary['job_rps']:.1f} rows/s = "
+        f"{summary['job_ratio']:.3f}x bare"
+    )
     print("BENCH " + json.dumps(summary, sort_keys=True, default=str))
     return summary
 

@@ -58,8 +58,10 @@ def main():
     print("|---|---:|---:|---:|---|---:|---:|---:|")
     for name, wall, m in runs:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in m["seconds"].items() if k != "total")
-        print(f"| {name} | {m['rows_in']} | {m['rows_embedded']} | {m['rows_carried_over']} | {stages} | "
-              f"{m['seconds']['total']:.1f} | {wall:.1f} | {wall / runs[0][1]:.0%} |")
+        print(
+            f"| {name} | {m['rows_in']} | {m['rows_embedded']} | {m['rows_carried_over']} | {stages} | "
+            f"{m['seconds']['total']:.1f} | {wall:.1f} | {wall / runs[0][1]:.0%} |"
+        )
 
 
 if __name__ == "__main__":

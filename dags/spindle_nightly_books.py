@@ -122,7 +122,9 @@ with DAG(
         **sizing_params(),
         "backend": backend_param(),
         "incremental": Param(
-            True, type="boolean", title="Incremental",
+            True,
+            type="boolean",
+            title="Incremental",
             description="Carry over vectors of unchanged texts from the last complete run "
             "(pointer runs/spindle_nightly_books/latest.json); off: embed every row again.",
         ),
@@ -201,11 +203,20 @@ with DAG(
         # an empty books table skips the load (no alias moves); these figures say why in the log
         books_metrics="{{ ti.xcom_pull(task_ids='prepare_books') | tojson }}",
         sources=[
-            {"alias": "books_text", "embeddings": plan["embeddings"], "model_dir": plan["model_path"],
-             "model_kind": "sentence-transformers"},
+            {
+                "alias": "books_text",
+                "embeddings": plan["embeddings"],
+                "model_dir": plan["model_path"],
+                "model_kind": "sentence-transformers",
+            },
             # CLIP cover vectors: loaded when the run wrote them, skipped otherwise.
-            {"alias": "books_covers", "embeddings": plan["cover_embeddings"], "model_dir": covers["model_path"],
-             "model_kind": "clip", "optional": True},
+            {
+                "alias": "books_covers",
+                "embeddings": plan["cover_embeddings"],
+                "model_dir": covers["model_path"],
+                "model_kind": "clip",
+                "optional": True,
+            },
         ],
         backend=check["backend"],
         settings=check["settings"],  # reads the Parquet from that backend's warehouse (local or S3)
@@ -220,8 +231,12 @@ with DAG(
     # The same create -> jobs -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
     # picked per run by param/Variable 'backend' (spindle.backends.lanes).
     lanes = add_backend_lanes(
-        check=check, plan=plan, create=create, jobs=[prepare, embed, images],
-        model=[plan["model_path"], covers["model_path"]], inputs=[plan["input_path"], covers["images_dir"]],
+        check=check,
+        plan=plan,
+        create=create,
+        jobs=[prepare, embed, images],
+        model=[plan["model_path"], covers["model_path"]],
+        inputs=[plan["input_path"], covers["images_dir"]],
     )
     # load_vectors also waits for the cloud lanes' embedding jobs (the chosen one ran, the rest skipped)
     for lane in lanes.values():

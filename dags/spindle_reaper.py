@@ -27,14 +27,29 @@ with DAG(
     tags=["spindle", "safety"],
     doc_md=__doc__,
     params={
-        "dry_run": Param(True, type="boolean", title="Dry run",
-                         description="Manual runs: only report what would be deleted. Scheduled runs always delete."),
-        "backends": Param(list(cloud_backends()), type="array",
-                          items={"type": "string", "enum": list(cloud_backends())},
-                          minItems=1, title="Backends", description="Clouds to look in."),
-        "ttl_hours": Param(None, type=["null", "number"], minimum=0, maximum=24 * 365, title="TTL override (hours)",
-                           description="Treat everything older than this as expired (empty: each resource's own TTL label)."),
-    },  # fmt: skip
+        "dry_run": Param(
+            True,
+            type="boolean",
+            title="Dry run",
+            description="Manual runs: only report what would be deleted. Scheduled runs always delete.",
+        ),
+        "backends": Param(
+            list(cloud_backends()),
+            type="array",
+            items={"type": "string", "enum": list(cloud_backends())},
+            minItems=1,
+            title="Backends",
+            description="Clouds to look in.",
+        ),
+        "ttl_hours": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=24 * 365,
+            title="TTL override (hours)",
+            description="Treat everything older than this as expired (empty: each resource's own TTL label).",
+        ),
+    },
 ) as dag:
 
     @task(task_id="reap")

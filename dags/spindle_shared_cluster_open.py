@@ -82,8 +82,7 @@ with DAG(
         """The event the model DAGs acquire the cluster from (its extra), also returned."""
         context = get_current_context()
         ti = context["ti"]
-        extra = shared.publication(cluster_id, context["params"]["models"], settings["ttl_hours"],
-                                   ti.dag_id, ti.run_id)  # fmt: skip
+        extra = shared.publication(cluster_id, context["params"]["models"], settings["ttl_hours"], ti.dag_id, ti.run_id)
         context["outlet_events"][SHARED_CLUSTER].extra = extra
         print(f"Published shared Data Proc cluster {cluster_id}: {extra}")
         return extra

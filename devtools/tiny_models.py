@@ -8,6 +8,7 @@ are meaningless but deterministic.
     python -m devtools.tiny_models t5 /tmp/tiny-t5
     python -m devtools.tiny_models clip /tmp/tiny-clip
 """
+
 import argparse
 import gzip
 import os
@@ -17,8 +18,13 @@ SEED = 1234
 #: bundled in data/samples/clip (see its PROVENANCE).
 CLIP_VOCAB_ENV = "SPINDLE_CLIP_BPE_VOCAB"
 CLIP_VOCAB_CANDIDATES = (
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "samples", "clip",
-                 "bpe_simple_vocab_16e6.txt.gz"),
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "data",
+        "samples",
+        "clip",
+        "bpe_simple_vocab_16e6.txt.gz",
+    ),
 )
 
 
@@ -79,15 +85,14 @@ def clip_vocab_path():
     for path in [os.environ.get(CLIP_VOCAB_ENV)] + list(CLIP_VOCAB_CANDIDATES):
         if path and os.path.isfile(path):
             return path
-    raise FileNotFoundError(
-        f"no CLIP BPE vocabulary: set {CLIP_VOCAB_ENV} to bpe_simple_vocab_16e6.txt.gz"
-    )
+    raise FileNotFoundError(f"no CLIP BPE vocabulary: set {CLIP_VOCAB_ENV} to bpe_simple_vocab_16e6.txt.gz")
 
 
 def _bytes_to_unicode():
     """GPT-2/CLIP byte-level BPE alphabet: every byte maps to a printable unicode character."""
     printable = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("\u00a1"), ord("\u00ac") + 1))
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\u00a1"), ord("\u00ac") + 1))
         + list(range(ord("\u00ae"), ord("\u00ff") + 1))
     )
     codes = printable[:]
@@ -108,7 +113,7 @@ def clip_tokenizer(vocab_path=None):
 
     with gzip.open(vocab_path or clip_vocab_path(), "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     alphabet = list(_bytes_to_unicode().values())
     tokens = alphabet + [t + "</w>" for t in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -144,8 +149,7 @@ def _save_image_processor(out_dir):
         handle.write("\n")
 
 
-def build_tiny_clip(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=2, projection_dim=16,
-                    vocab_path=None):
+def build_tiny_clip(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=2, projection_dim=16, vocab_path=None):
     """A random ``CLIPModel`` (a few layers, 224-pixel input with 32-pixel patches, fixed seed)
     with the real CLIP tokenizer and transformers' default ``CLIPImageProcessor`` (the
     reference preprocessing: resize 224, center crop, OpenAI mean/std), saved to ``out_dir``.
@@ -155,18 +159,27 @@ def build_tiny_clip(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=
 
     tokenizer = clip_tokenizer(vocab_path)
     text = CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, max_position_embeddings=77,
-        projection_dim=projection_dim, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     vision = CLIPVisionConfig(
-        hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, image_size=224, patch_size=32, projection_dim=projection_dim,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        image_size=224,
+        patch_size=32,
+        projection_dim=projection_dim,
     )
-    config = CLIPConfig(
-        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim
-    )
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=projection_dim)
     torch.manual_seed(seed)
     model = CLIPModel(config).eval()
     os.makedirs(out_dir, exist_ok=True)
@@ -178,8 +191,16 @@ def build_tiny_clip(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=
     return out_dir
 
 
-def build_tiny_sentence_transformer(out_dir, seed=SEED, hidden_size=32, num_layers=2, num_heads=2,
-                                   max_position_embeddings=32, max_seq_length=None, tokenizer_dir=None):
+def build_tiny_sentence_transformer(
+    out_dir,
+    seed=SEED,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    max_position_embeddings=32,
+    max_seq_length=None,
+    tokenizer_dir=None,
+):
     """A random BERT with mean pooling (a sentence-transformers folder) and the MiniLM
     WordPiece tokenizer, saved to ``out_dir``; returns ``out_dir``.
 
@@ -196,10 +217,13 @@ def build_tiny_sentence_transformer(out_dir, seed=SEED, hidden_size=32, num_laye
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or minilm_tokenizer_dir(), local_files_only=True)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=num_heads, intermediate_size=hidden_size * 2,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=hidden_size * 2,
         max_position_embeddings=max_position_embeddings,
-    )  # fmt: skip
+    )
     torch.manual_seed(seed)
     bert_dir = out_dir.rstrip("/") + ".bert"
     BertModel(config).eval().save_pretrained(bert_dir)

@@ -5,6 +5,7 @@ credentials for that store). The password is random per machine; it is never pas
 the job receives the connection id and resolves it itself (see spark_apps/common/secrets.py).
 Existing files are kept, so a re-run does not rotate secrets under a running Airflow.
 """
+
 import json
 import os
 import secrets

@@ -38,11 +38,17 @@ LANES = ("yandex", "emr", "emr_serverless")  # task groups of the cloud backends
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed", "up_for_retry"}
 # Metric keys worth showing, in display order: (key, label).
 COUNTS = (
-    ("rows_read", "read"), ("rows_kept", "kept"), ("rows_filtered_out", "filtered out"),
-    ("rows_quarantined", "quarantined"), ("rows_with_author", "with author"), ("rows_in", "in"),
-    ("rows_embedded", "embedded"), ("rows_carried_over", "carried over"),
-    ("rows_transformed", "transformed"), ("rows_skipped_null_text", "null text"),
-)  # fmt: skip
+    ("rows_read", "read"),
+    ("rows_kept", "kept"),
+    ("rows_filtered_out", "filtered out"),
+    ("rows_quarantined", "quarantined"),
+    ("rows_with_author", "with author"),
+    ("rows_in", "in"),
+    ("rows_embedded", "embedded"),
+    ("rows_carried_over", "carried over"),
+    ("rows_transformed", "transformed"),
+    ("rows_skipped_null_text", "null text"),
+)
 POLL_SECONDS = 1.0
 LOG_TAIL = 30
 # Airflow's lines after a task's error: left out of the tail so that the error shows.
@@ -86,9 +92,11 @@ def figures(value) -> str:
     parts = [f"{label} {value[key]}" for key, label in COUNTS if value.get(key) is not None]
     if "images_embedded" in value:  # embed_images: failures counted per reason, never fatal
         reasons = ", ".join(f"{r} {n}" for r, n in sorted((value.get("failure_reasons") or {}).items()))
-        parts.append(f"images embedded {value['images_embedded']}, failed {value['images_failed']}"
-                     + (f" ({reasons})" if reasons else "")
-                     + f", no image {value.get('rows_skipped_no_image', 0)}")  # fmt: skip
+        parts.append(
+            f"images embedded {value['images_embedded']}, failed {value['images_failed']}"
+            + (f" ({reasons})" if reasons else "")
+            + f", no image {value.get('rows_skipped_no_image', 0)}"
+        )
     if value.get("latest_note"):  # embed_text wrote an empty version
         parts.append("latest.json not moved")
     if "loads" in value:  # load_vectors
@@ -126,9 +134,11 @@ class Follower:
         try:
             with create_session() as session:
                 run = (
-                    session.query(DagRun).filter(DagRun.dag_id == self.dag_id, DagRun.id > self.after_id)
-                    .order_by(DagRun.id.desc()).first()
-                )  # fmt: skip
+                    session.query(DagRun)
+                    .filter(DagRun.dag_id == self.dag_id, DagRun.id > self.after_id)
+                    .order_by(DagRun.id.desc())
+                    .first()
+                )
                 if run is None:
                     return None
                 if self.run_id is None:
@@ -252,8 +262,13 @@ def summarize(session, dag_id: str) -> bool:
     tis = run.get_task_instances(session=session)
     ran = [ti for ti in tis if str(ti.state) not in ("skipped", "removed", "None")]
     skipped = [ti.task_id for ti in tis if str(ti.state) == "skipped" and not _lane(ti.task_id)]
-    print(f"\n{dag_id}  {run.run_id}: {run.state}" + (f" in {took:.0f} s" if took else "")
-          + f" ({len(ran)} tasks ran" + (f"; skipped: {', '.join(skipped)}" if skipped else "") + ")")  # fmt: skip
+    print(
+        f"\n{dag_id}  {run.run_id}: {run.state}"
+        + (f" in {took:.0f} s" if took else "")
+        + f" ({len(ran)} tasks ran"
+        + (f"; skipped: {', '.join(skipped)}" if skipped else "")
+        + ")"
+    )
     cluster_id, files, notes = None, [], []
     for ti in sorted(ran, key=lambda t: t.start_date or run.start_date):
         value = _xcom(session, ti)

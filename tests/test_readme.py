@@ -179,8 +179,11 @@ def layout_problems(markdown: str, root: Path = REPO) -> list[str]:
     block = match.group(1) if match else ""
     words = set(re.findall(r"[\w.-]+", block))
     problems = []
-    for folder, pattern, name_of in (("dags", "*.py", lambda f: f.stem), ("scripts", "*", lambda f: f.name),
-                                     ("docs", "*.md", lambda f: f.name)):  # fmt: skip
+    for folder, pattern, name_of in (
+        ("dags", "*.py", lambda f: f.stem),
+        ("scripts", "*", lambda f: f.name),
+        ("docs", "*.md", lambda f: f.name),
+    ):
         for path in sorted((root / folder).glob(pattern)):
             if path.is_file() and name_of(path) not in words:
                 problems.append(f"Layout does not name {folder}/{path.name}")
@@ -196,12 +199,17 @@ def _env(tmp: Path) -> dict[str, str]:
     """The caller's environment minus Airflow's settings, plus a throw-away Airflow home and the
     paths ``scripts/env.sh`` puts on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
-    env.update({
-        "AIRFLOW_HOME": str(tmp / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-    })  # fmt: skip
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
     return env
 
 
@@ -238,7 +246,7 @@ print(json.dumps(out))
 def _python(code_or_args: list[str], env: dict[str, str], timeout: int = 90) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *code_or_args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )  # fmt: skip
+    )
 
 
 def find_specs(modules: set[str], env: dict[str, str]) -> dict[str, bool]:
@@ -319,7 +327,9 @@ def test_each_check_catches_a_broken_snippet(tmp_path):
         "README.md: (README.md#no-such-heading): no heading #no-such-heading in README.md",
     ]
     assert find_specs({"spindle.no_such_module", "spindle.evaluation"}, _env(tmp_path)) == {
-        "spindle.no_such_module": False, "spindle.evaluation": True}  # fmt: skip
+        "spindle.no_such_module": False,
+        "spindle.evaluation": True,
+    }
 
 
 def test_layout_check_catches_a_stale_list(tmp_path):

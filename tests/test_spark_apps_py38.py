@@ -53,8 +53,11 @@ def ruff():
 def run_ruff(*paths):
     return subprocess.run(
         [ruff(), "check", "--no-cache", "--isolated", "--target-version", "py38", "--select", RUFF_RULES, *paths],
-        check=False, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def ast_problems(source, filename="<snippet>"):
@@ -81,11 +84,7 @@ def ast_problems(source, filename="<snippet>"):
                 problems.append(f"{where}: imports {root} (Python 3.9+)")
         if id(node) in in_annotation:  # annotations are FA102's business
             continue
-        if (
-            isinstance(node, ast.Subscript)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in BUILTIN_GENERICS
-        ):
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in BUILTIN_GENERICS:
             problems.append(f"{where}: {node.value.id}[...] at runtime (Python 3.9+)")
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
             sides = (node.left, node.right)
@@ -146,8 +145,11 @@ def _python38():
     for candidate in filter(None, candidates):
         probe = subprocess.run(
             [candidate, "-c", "import sys; print(sys.version_info[:2] == (3, 8))"],
-            check=False, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if probe.stdout.strip() == "True":
             return candidate
     return None
@@ -162,7 +164,9 @@ def test_compiles_with_a_real_python38(tmp_path):
     code = "import sys, py_compile\nfor p in sys.argv[1:]:\n    py_compile.compile(p, cfile=p + '.c', doraise=True)\n"
 
     def compile_all(paths):
-        return subprocess.run([python38, "-c", code, *map(str, paths)], check=False, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [python38, "-c", code, *map(str, paths)], check=False, capture_output=True, text=True, timeout=120
+        )
 
     assert compile_all([bad]).returncode != 0
     copies = []

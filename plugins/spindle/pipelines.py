@@ -46,73 +46,120 @@ def sizing_params(
     """Cluster and executor sizing, shared by every DAG that creates a cluster."""
     return {
         "num_workers": Param(
-            num_workers, type="integer", minimum=1, maximum=16, title="Workers",
+            num_workers,
+            type="integer",
+            minimum=1,
+            maximum=16,
+            title="Workers",
             description="Spark workers to start on the ephemeral cluster.",
         ),
         "worker_cores": Param(
-            worker_cores, type="integer", minimum=1, maximum=64, title="Cores per worker",
+            worker_cores,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Cores per worker",
             description="Cores each worker offers to executors.",
         ),
         "worker_memory_mb": Param(
-            worker_memory_mb, type="integer", minimum=512, maximum=262144, title="Memory per worker (MiB)",
+            worker_memory_mb,
+            type="integer",
+            minimum=512,
+            maximum=262144,
+            title="Memory per worker (MiB)",
             description="Memory each worker offers to executors, in MiB.",
         ),
         "executor_cores": Param(
-            executor_cores, type="integer", minimum=1, maximum=64, title="Cores per executor",
+            executor_cores,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Cores per executor",
             description="spark.executor.cores; at most the cores of one worker.",
         ),
         "executor_memory_mb": Param(
-            executor_memory_mb, type="integer", minimum=512, maximum=262144, title="Executor memory (MiB)",
+            executor_memory_mb,
+            type="integer",
+            minimum=512,
+            maximum=262144,
+            title="Executor memory (MiB)",
             description="spark.executor.memory in MiB; at most the memory of one worker. "
             "Size it for the model: every Python worker loads its own copy.",
         ),
         "task_cpus": Param(
-            task_cpus, type="integer", minimum=1, maximum=64, title="Cores per task",
+            task_cpus,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Cores per task",
             description="spark.task.cpus: cores one task (one model instance) uses; at most the "
             "cores per executor. The jobs set torch's thread count from it.",
         ),
         "spark_conf": Param(
-            {}, type="object", propertyNames={"pattern": r"^spark\."},
-            additionalProperties={"type": ["string", "number", "boolean"]}, title="Extra Spark properties",
+            {},
+            type="object",
+            propertyNames={"pattern": r"^spark\."},
+            additionalProperties={"type": ["string", "number", "boolean"]},
+            title="Extra Spark properties",
             description='Spark properties for every job, e.g. {"spark.sql.shuffle.partitions": "8"}.',
         ),
-    }  # fmt: skip
+    }
 
 
 def input_param(default: str, description: str) -> Param:
     return Param(
-        default, type="string", minLength=1, maxLength=4096, title="Input path",
+        default,
+        type="string",
+        minLength=1,
+        maxLength=4096,
+        title="Input path",
         description=description + " A relative path is resolved against the repository.",
-    )  # fmt: skip
+    )
 
 
 def limit_param(default: int | None = None) -> Param:
     return Param(
-        default, type=["null", "integer"], minimum=1, maximum=100_000_000, title="Row limit",
+        default,
+        type=["null", "integer"],
+        minimum=1,
+        maximum=100_000_000,
+        title="Row limit",
         description="Process at most this many input rows (empty: all).",
-    )  # fmt: skip
+    )
 
 
 def batch_size_param(default: int = 64) -> Param:
     return Param(
-        default, type="integer", minimum=1, maximum=4096, title="Model batch size",
+        default,
+        type="integer",
+        minimum=1,
+        maximum=4096,
+        title="Model batch size",
         description="Rows handed to the model at once inside each Arrow batch.",
-    )  # fmt: skip
+    )
 
 
 def max_error_rate_param(default: float = 0.01) -> Param:
     return Param(
-        default, type="number", minimum=0, maximum=1, title="Max error rate",
+        default,
+        type="number",
+        minimum=0,
+        maximum=1,
+        title="Max error rate",
         description="Fail a model job when more than this fraction of its input rows made the model "
         "raise (they go to the dead-letter Parquet next to the output; 0: fail on any).",
-    )  # fmt: skip
+    )
 
 
 def model_param(description: str, default: str | None = None) -> Param:
     return Param(
-        default, type=["null", "string"], minLength=1, maxLength=4096, title="Model directory",
+        default,
+        type=["null", "string"],
+        minLength=1,
+        maxLength=4096,
+        title="Model directory",
         description=description,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- templated kwargs
@@ -253,9 +300,11 @@ def check_params(
     plan: dict[str, Any] = {"input_path": resolve_input(params["input_path"], errors=errors)}
     if model_kind == "sentence-transformers":
         plan["model_path"] = resolve_model_dir(
-            params.get("model_path"), errors=errors, default=default_embedding_model,
+            params.get("model_path"),
+            errors=errors,
+            default=default_embedding_model,
             required_files=("config.json", "modules.json"),
-        )  # fmt: skip
+        )
     elif model_kind == "seq2seq":
         plan["model_path"] = resolve_model_dir(params.get("model_path"), errors=errors)
     try:

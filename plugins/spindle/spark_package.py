@@ -31,11 +31,7 @@ _SKIP_DIRS = {"__pycache__", ".pytest_cache"}
 def _source_files(root: Path) -> list[Path]:
     files = [root / "setup.py"]
     for path in sorted((root / PACKAGE).rglob("*")):
-        if (
-            path.is_file()
-            and not _SKIP_DIRS.intersection(path.relative_to(root).parts)
-            and path.suffix != ".pyc"
-        ):
+        if path.is_file() and not _SKIP_DIRS.intersection(path.relative_to(root).parts) and path.suffix != ".pyc":
             files.append(path)
     return files
 
@@ -72,8 +68,20 @@ def build_spark_apps_package(root: Path | None = None, cache_dir: Path | None = 
         shutil.copy2(root / "setup.py", src / "setup.py")
         shutil.copytree(root / PACKAGE, src / PACKAGE, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         out = Path(tmp) / "out"
-        cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-               "--disable-pip-version-check", "--quiet", "--wheel-dir", str(out), str(src)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--wheel-dir",
+            str(out),
+            str(src),
+        ]
         if log:
             log.info("Building the spark_apps wheel (source hash %s)", key)
         result = subprocess.run(

@@ -114,9 +114,7 @@ def short_stage_name(name: str, limit: int = 60) -> str:
     return name if len(name) <= limit else name[: limit - 3] + "..."
 
 
-def format_progress(
-    snap: ProgressSnapshot, previous: ProgressSnapshot | None, started_at: float
-) -> str:
+def format_progress(snap: ProgressSnapshot, previous: ProgressSnapshot | None, started_at: float) -> str:
     """One human line: what runs now, how far it is, and how fast rows go through."""
     parts = []
     for stage in snap.active or []:
@@ -267,8 +265,9 @@ class SparkProgressPoller:
             if line is None and self.last is None and waited <= self.give_up_after:
                 self.log.info(
                     "Spark progress: waiting for the driver UI of %s (%.0f s)",
-                    self.known_app_id() or self.app_name or "the application", waited,
-                )  # fmt: skip
+                    self.known_app_id() or self.app_name or "the application",
+                    waited,
+                )
             elif line is None and self.last is None and not gave_up:
                 self.log.info(
                     "Spark progress: no driver UI of %s found on %s; no progress lines for this job",
@@ -293,9 +292,13 @@ class SparkProgressPoller:
             snap = self.last
             self.log.info(
                 "Spark progress %s, last seen: stages %d/%d done, %d failed, %s rows in %.0f s",
-                snap.app_id, snap.done, len(snap.stages), snap.failed, f"{snap.rows:,}",
+                snap.app_id,
+                snap.done,
+                len(snap.stages),
+                snap.failed,
+                f"{snap.rows:,}",
                 snap.at - self.started_at,
-            )  # fmt: skip
+            )
 
     def __enter__(self) -> Self:
         return self.start()

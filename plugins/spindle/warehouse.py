@@ -176,17 +176,21 @@ def s3_filesystem(conn_id: str, settings: Mapping[str, Any]) -> pafs.S3FileSyste
     try:
         credentials = hook.get_credentials()  # masks the secret key and token in task logs
     except AttributeError:  # botocore found no credentials at all
-        raise WarehouseError(f"connection {conn_id!r}: no object-storage credentials (login/password, "
-                             "a role or the AWS environment)") from None  # fmt: skip
+        raise WarehouseError(
+            f"connection {conn_id!r}: no object-storage credentials (login/password, a role or the AWS environment)"
+        ) from None
     options: dict[str, Any] = {"region": hook.conn_region_name or "us-east-1"}
     endpoint = hook.conn_config.endpoint_url
     if endpoint:  # Yandex Object Storage, moto, MinIO (path-style addressing, as S3A is set up)
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         options.update(endpoint_override=parts.netloc, scheme=parts.scheme)
     return pafs.S3FileSystem(
-        access_key=credentials.access_key, secret_key=credentials.secret_key,
-        session_token=credentials.token, allow_delayed_open=True, **options,
-    )  # fmt: skip
+        access_key=credentials.access_key,
+        secret_key=credentials.secret_key,
+        session_token=credentials.token,
+        allow_delayed_open=True,
+        **options,
+    )
 
 
 def warehouse_root(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str:

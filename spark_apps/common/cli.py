@@ -3,6 +3,7 @@
 See docs/CONTRACTS.md: a relative path is resolved against the warehouse root (``extra.root``
 of ``--warehouse-conn-id``) when one is given, otherwise against the current directory.
 """
+
 import argparse
 import os
 import re
@@ -34,7 +35,10 @@ def base_parser(prog, description):
     )
     common.add_argument("--app-name", help="Spark application name; default: spindle.<job>")
     common.add_argument(
-        "--conf", action="append", default=[], metavar="KEY=VALUE",
+        "--conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="extra Spark property (repeatable); spark-submit --conf works as well",
     )
     return parser
@@ -45,14 +49,16 @@ def add_model_options(parser, batch_size, text_column=True):
     ``text_column``: whether the job reads a text column (``--text-column``)."""
     group = parser.add_argument_group("model options")
     group.add_argument(
-        "--input-format", choices=sorted(set(io.FORMATS.values())),
+        "--input-format",
+        choices=sorted(set(io.FORMATS.values())),
         help="input format; default: from the --input extension (.parquet, .csv, .jsonl)",
     )
     group.add_argument("--id-column", default="id", help="input column copied to the output as id")
     if text_column:
         group.add_argument("--text-column", default="text", help="input column with the text")
     group.add_argument(
-        "--model", required=True,
+        "--model",
+        required=True,
         help="model directory saved with save_pretrained, a .zip/.tar.gz of one (shipped with the "
         "job), or the name of an archive shipped with spark-submit --archives; never a hub id",
     )
@@ -60,33 +66,43 @@ def add_model_options(parser, batch_size, text_column=True):
         "--model-name", help="model name written to the output; default: the model card's title or the dir name"
     )
     group.add_argument(
-        "--batch-size", type=positive_int, default=batch_size,
+        "--batch-size",
+        type=positive_int,
+        default=batch_size,
         help="rows per model call inside each Arrow batch",
     )
     group.add_argument(
-        "--arrow-batch-size", type=positive_int, default=None,
+        "--arrow-batch-size",
+        type=positive_int,
+        default=None,
         help="rows per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch); "
         "default: the job's tuned value",
     )
     group.add_argument(
-        "--partitions", type=positive_int, default=None,
+        "--partitions",
+        type=positive_int,
+        default=None,
         help="partitions the rows are spread over; default: one per task slot "
         "(spark.default.parallelism / spark.task.cpus), so every core stays busy",
     )
     group.add_argument(
-        "--no-warm-up", action="store_true",
+        "--no-warm-up",
+        action="store_true",
         help="skip the stage that loads the model in every Python worker before the main stage",
     )
     group.add_argument(
         "--torch-threads", type=positive_int, default=None, help="torch threads per task; default: spark.task.cpus"
     )
     group.add_argument(
-        "--dead-letter", default=None,
+        "--dead-letter",
+        default=None,
         help="Parquet for the rows the model raised on (id, error, job, model, model_fingerprint); "
         "default: <output without .parquet>.dead_letter.parquet",
     )
     group.add_argument(
-        "--max-error-rate", type=fraction, default=0.01,
+        "--max-error-rate",
+        type=fraction,
+        default=0.01,
         help="fail the job when more than this fraction of the rows in were dead-lettered (0: any row)",
     )
     return group

@@ -13,6 +13,7 @@ directory or an archive shipped with the job, never a hub id (see :mod:`spark_ap
 Both return L2-normalized float32 rows, so a dot product is the cosine similarity and text
 queries and cover images live in the same space.
 """
+
 import time
 
 from spark_apps.common import models
@@ -128,7 +129,7 @@ def encode_images(clip, images, batch_size=32):
     if not images:
         return _empty(clip)
     chunks = [
-        encode_pixels(clip, preprocess(clip, [image.convert("RGB") for image in images[start:start + batch_size]]))
+        encode_pixels(clip, preprocess(clip, [image.convert("RGB") for image in images[start : start + batch_size]]))
         for start in range(0, len(images), batch_size)
     ]
     return np.concatenate(chunks)
@@ -147,8 +148,11 @@ def encode_texts(clip, texts, batch_size=64):
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             encoded = clip.tokenizer(
-                texts[start:start + batch_size], padding=True, truncation=True,
-                max_length=MAX_TEXT_TOKENS, return_tensors="pt",
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=MAX_TEXT_TOKENS,
+                return_tensors="pt",
             )
             features = clip.model.get_text_features(
                 input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]

@@ -7,6 +7,7 @@
 - MMD^2 (unbiased) with an RBF kernel, bandwidth by the median heuristic;
 - a PNG of both samples in 2-D (PCA fit on both), when matplotlib is installed.
 """
+
 import io
 
 import numpy as np
@@ -109,9 +110,14 @@ def compare(reference, current, seed=0):
     auc = classifier_auc(*split_halves(reference, current, seed))
     mmd2, sigma = mmd2_rbf(reference, current)
     figures.update(
-        {"classifier_auc": auc, "mmd2_rbf": mmd2, "mmd_bandwidth": sigma,
-         "auc_threshold": AUC_THRESHOLD, "drift_detected": bool(auc > AUC_THRESHOLD)}
-    )  # fmt: skip
+        {
+            "classifier_auc": auc,
+            "mmd2_rbf": mmd2,
+            "mmd_bandwidth": sigma,
+            "auc_threshold": AUC_THRESHOLD,
+            "drift_detected": bool(auc > AUC_THRESHOLD),
+        }
+    )
     return {k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}
 
 
@@ -121,7 +127,7 @@ def pca_2d(reference, current):
     union = np.vstack([reference, current])
     centre = union.mean(axis=0)
     _, singular, axes = np.linalg.svd(union - centre, full_matrices=False)
-    explained = singular[:2] ** 2 / (singular ** 2).sum()
+    explained = singular[:2] ** 2 / (singular**2).sum()
     return (reference - centre).dot(axes[:2].T), (current - centre).dot(axes[:2].T), explained
 
 
@@ -140,9 +146,12 @@ def plot_png(reference, current, figures, title="embedding drift"):
     ax.scatter(cur2[:, 0], cur2[:, 1], s=8, alpha=0.5, marker="x", label=f"current ({len(cur2)})")
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1]:.0%} of variance)")
-    ax.set_title("{}\nclassifier AUC {:.3f} (drift > {}), mean cosine distance {:.4f}, MMD² {:.4f}".format(
-        title, figures["classifier_auc"], AUC_THRESHOLD, figures["mean_cosine_distance"], figures["mmd2_rbf"]),
-        fontsize=9)  # fmt: skip
+    ax.set_title(
+        "{}\nclassifier AUC {:.3f} (drift > {}), mean cosine distance {:.4f}, MMD² {:.4f}".format(
+            title, figures["classifier_auc"], AUC_THRESHOLD, figures["mean_cosine_distance"], figures["mmd2_rbf"]
+        ),
+        fontsize=9,
+    )
     ax.legend(loc="best")
     buffer = io.BytesIO()
     fig.tight_layout()

@@ -6,6 +6,7 @@ environment archive the Airflow side ships (``--archives env.tar.gz#environment`
 would die deep in a UDF with a bare ``ModuleNotFoundError``; this check names every missing
 package and the way to ship them before any Spark work starts.
 """
+
 import importlib.util
 import sys
 

@@ -12,6 +12,7 @@ An image comes from, in this order:
 A failure never raises out of :meth:`ImageFetcher.fetch_all`: the row gets ``error`` =
 ``"<reason>: <detail>"`` with one of :data:`REASONS`.
 """
+
 import hashlib
 import io
 import math
@@ -106,9 +107,18 @@ class ImageFetcher:
     close over one. ``fetch_all`` runs ``threads`` fetches at once: downloads wait on the
     network, not on the CPU."""
 
-    def __init__(self, images_dir=None, url_template=OPEN_LIBRARY_COVERS, timeout=10.0, retries=2,
-                 backoff=0.5, threads=8, max_bytes=MAX_IMAGE_BYTES, user_agent=USER_AGENT,
-                 joined_dir=None):
+    def __init__(
+        self,
+        images_dir=None,
+        url_template=OPEN_LIBRARY_COVERS,
+        timeout=10.0,
+        retries=2,
+        backoff=0.5,
+        threads=8,
+        max_bytes=MAX_IMAGE_BYTES,
+        user_agent=USER_AGENT,
+        joined_dir=None,
+    ):
         """``joined_dir``: a folder Spark has read and joined to the rows (``contents`` of
         :meth:`fetch_all`); only named in messages."""
         self.images_dir = images_dir
@@ -171,11 +181,16 @@ class ImageFetcher:
         what = image if not _missing(image) else cover_id
         source = "{}/{}".format(str(self.joined_dir).rstrip("/"), what)
         if content is None:
-            return Fetched(source, error=ImageError("not_found", f"no file for {what} under {self.joined_dir}").message())
+            return Fetched(
+                source, error=ImageError("not_found", f"no file for {what} under {self.joined_dir}").message()
+            )
         if not content:
             return Fetched(source, error=ImageError("empty", f"0 bytes: {source}").message())
         if len(content) > self.max_bytes:
-            return Fetched(source, error=ImageError("too_large", f"{source} has {len(content)} bytes (limit {self.max_bytes})").message())
+            return Fetched(
+                source,
+                error=ImageError("too_large", f"{source} has {len(content)} bytes (limit {self.max_bytes})").message(),
+            )
         return Fetched(source, bytes(content))
 
     def fetch_all(self, cover_ids, images, contents=None):
@@ -214,7 +229,7 @@ class ImageFetcher:
                     if attempt:
                         err.detail += f" (after {attempt + 1} attempts)"
                     raise
-            delay = self.backoff * (2 ** attempt)
+            delay = self.backoff * (2**attempt)
             time.sleep(delay * (0.5 + random.random() / 2))
             attempt += 1
 
@@ -227,8 +242,7 @@ class ImageFetcher:
                     raise ImageError("too_large", f"{url} declares {declared} bytes (limit {self.max_bytes})")
                 data = response.read(self.max_bytes + 1)
         except HTTPError as err:
-            error = ImageError("not_found" if err.code in (404, 410) else "http_error",
-                               f"HTTP {err.code} from {url}")
+            error = ImageError("not_found" if err.code in (404, 410) else "http_error", f"HTTP {err.code} from {url}")
             error.status = err.code
             raise error
         except (socket.timeout, TimeoutError) as err:

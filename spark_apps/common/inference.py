@@ -5,6 +5,7 @@ importable module, not in the job scripts, because a job run as a script is ``__
 cloudpickle would ship its functions by value and the model cache with them, so every task
 would load the model again. From here the cache stays in the worker process.
 """
+
 import time
 
 from spark_apps.common import clip, models
@@ -42,7 +43,7 @@ def output_slices(frame, rows=None):
     """``frame`` in consecutive slices of at most ``rows`` (default ``OUTPUT_SLICE_ROWS``) rows."""
     rows = rows or OUTPUT_SLICE_ROWS
     for start in range(0, len(frame), rows):
-        yield frame.iloc[start:start + rows].reset_index(drop=True)
+        yield frame.iloc[start : start + rows].reset_index(drop=True)
 
 
 def over_limit(model, texts):
@@ -117,8 +118,9 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, 
         except Exception:  # noqa: BLE001 - a text the tokenizer rejects is encode's to fail, not this count's
             truncated = None
         if present.all():
-            frame = pd.DataFrame({"vector": vectors, "model_fingerprint": model_fingerprint, "error": errors,
-                                  "truncated": truncated})  # fmt: skip
+            frame = pd.DataFrame(
+                {"vector": vectors, "model_fingerprint": model_fingerprint, "error": errors, "truncated": truncated}
+            )
         else:
             columns = {name: np.full(len(texts), None, dtype=object) for name in ("vector", "error", "truncated")}
             for i, row in enumerate(np.flatnonzero(present)):
@@ -126,7 +128,9 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, 
                 columns["error"][row] = errors[i]
                 columns["truncated"][row] = None if truncated is None else truncated[i]
             columns["model_fingerprint"] = np.where(present, model_fingerprint, None)
-            frame = pd.DataFrame({name: columns[name] for name in ("vector", "model_fingerprint", "error", "truncated")})
+            frame = pd.DataFrame(
+                {name: columns[name] for name in ("vector", "model_fingerprint", "error", "truncated")}
+            )
         yield from output_slices(frame, output_rows)
 
 
@@ -142,7 +146,7 @@ def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_in
     outputs = [None] * len(prompts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             encoded = tokenizer(
                 [prompts[i] for i in chunk],
                 return_tensors="pt",
@@ -162,8 +166,9 @@ def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_in
     return outputs
 
 
-def generate_batches(batches, model_spec, batch_size, max_new_tokens, max_input_tokens=512,
-                     threads=None, on_batch=None):
+def generate_batches(
+    batches, model_spec, batch_size, max_new_tokens, max_input_tokens=512, threads=None, on_batch=None
+):
     """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint,
     error, truncated)]``. When generation raises, the batch is bisected
     (:func:`spark_apps.common.poison.isolate`): the prompts it raises on alone get a null text and

@@ -1,4 +1,5 @@
 """Read a table by its extension (Parquet, CSV, JSONL); write Parquet with mode overwrite."""
+
 import os
 
 FORMATS = {
@@ -21,8 +22,9 @@ def detect_format(path):
     ext = os.path.splitext(base)[1].lower()
     if ext not in FORMATS:
         raise ValueError(
-            "cannot tell the format of {!r} from its extension; use one of {} or pass "
-            "--input-format".format(path, ", ".join(sorted(FORMATS)))
+            "cannot tell the format of {!r} from its extension; use one of {} or pass --input-format".format(
+                path, ", ".join(sorted(FORMATS))
+            )
         )
     return FORMATS[ext]
 

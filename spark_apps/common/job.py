@@ -1,4 +1,5 @@
 """The frame every job runs in: session, warehouse, timing, the metrics line, clean stop."""
+
 from spark_apps.common import cli, environment, metrics, session, storage
 
 

@@ -6,6 +6,7 @@
 - pointer (e.g. ``runs/<dag>/latest.json``): ``{"embeddings", "manifest", "created_at"}`` of the
   newest successful version, rewritten by each run after its outputs are complete.
 """
+
 import datetime
 
 from spark_apps.common import storage
@@ -59,10 +60,15 @@ def resolve_previous(spark, spec, target):
 
 def write_pointer(spark, path, manifest):
     storage.write_json(
-        spark, path,
-        {"embeddings": manifest["outputs"]["embeddings"], "manifest": manifest["outputs"]["manifest"],
-         "model_fingerprint": manifest["model"]["fingerprint"], "created_at": manifest["created_at"]},
-    )  # fmt: skip
+        spark,
+        path,
+        {
+            "embeddings": manifest["outputs"]["embeddings"],
+            "manifest": manifest["outputs"]["manifest"],
+            "model_fingerprint": manifest["model"]["fingerprint"],
+            "created_at": manifest["created_at"],
+        },
+    )
 
 
 def input_fingerprint(spark, path, fmt):

@@ -3,6 +3,7 @@
 The Airflow job operator scans the driver's stdout for it and pushes the JSON to XCom, so a
 job prints it exactly once, last, on stdout, flushed.
 """
+
 import json
 import sys
 import time
@@ -46,4 +47,4 @@ def parse_line(line):
     """The JSON object of a metrics line, or None for any other line."""
     if not line.startswith(PREFIX):
         return None
-    return json.loads(line[len(PREFIX):])
+    return json.loads(line[len(PREFIX) :])

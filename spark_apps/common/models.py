@@ -4,6 +4,7 @@ Models are never fetched from a hub: a model is a local directory saved with
 ``save_pretrained``, or an archive shipped with the job (``--archives m.tar.gz#alias`` or the
 job's own ``addArchive``), unpacked into the executor's working dir or SparkFiles root.
 """
+
 import hashlib
 import os
 import threading

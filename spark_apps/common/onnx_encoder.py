@@ -17,6 +17,7 @@ then encodes with ONNX Runtime (the int8 file when the folder has one), fingerpr
 
 Optional dependencies: ``onnx`` (export only) and ``onnxruntime`` (requirements-dev.txt).
 """
+
 import argparse
 import json
 import os
@@ -24,8 +25,16 @@ import shutil
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
-_COPIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "config.json",
-           "modules.json", "sentence_bert_config.json", "README.md")  # fmt: skip
+_COPIED = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "README.md",
+)
 
 
 def export(model_dir, out_dir, quantize=False, opset=17):
@@ -55,11 +64,15 @@ def export(model_dir, out_dir, quantize=False, opset=17):
             os.path.join(out_dir, ONNX_FILE),
             input_names=["input_ids", "attention_mask", "token_type_ids"],
             output_names=["last_hidden_state"],
-            dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic, "token_type_ids": dynamic,
-                          "last_hidden_state": dynamic},
+            dynamic_axes={
+                "input_ids": dynamic,
+                "attention_mask": dynamic,
+                "token_type_ids": dynamic,
+                "last_hidden_state": dynamic,
+            },
             opset_version=opset,
             dynamo=False,
-        )  # fmt: skip
+        )
     for name in _COPIED:
         if os.path.exists(os.path.join(model_dir, name)):
             shutil.copy(os.path.join(model_dir, name), out_dir)
@@ -69,8 +82,9 @@ def export(model_dir, out_dir, quantize=False, opset=17):
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(os.path.join(out_dir, ONNX_FILE), os.path.join(out_dir, INT8_FILE),
-                         weight_type=QuantType.QInt8)  # fmt: skip
+        quantize_dynamic(
+            os.path.join(out_dir, ONNX_FILE), os.path.join(out_dir, INT8_FILE), weight_type=QuantType.QInt8
+        )
     return out_dir
 
 
@@ -94,8 +108,9 @@ class OnnxEncoder:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(os.path.join(folder, file_name), options,
-                                            providers=["CPUExecutionProvider"])  # fmt: skip
+        self.session = ort.InferenceSession(
+            os.path.join(folder, file_name), options, providers=["CPUExecutionProvider"]
+        )
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         self.max_seq_length = max_seq_length or _max_seq_length(folder)
@@ -107,9 +122,14 @@ class OnnxEncoder:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.zeros((len(texts), 0), dtype=np.float32)
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            encoded = self.tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                     max_length=self.max_seq_length, return_tensors="np")  # fmt: skip
+            chunk = order[start : start + batch_size]
+            encoded = self.tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_seq_length,
+                return_tensors="np",
+            )
             feed = {k: v.astype(np.int64) for k, v in encoded.items() if k in self.inputs}
             if "token_type_ids" in self.inputs and "token_type_ids" not in feed:
                 feed["token_type_ids"] = np.zeros_like(feed["input_ids"])

@@ -10,6 +10,7 @@ command line. Supported sources (the URI scheme picks the resolver, see ``RESOLV
 - ``lockbox://<secret-id>`` (Yandex Lockbox, by secret id; see :func:`_from_lockbox`) and
   ``aws-sm://<prefix>`` (AWS Secrets Manager, secret ``<prefix>/<conn_id>``).
 """
+
 import json
 import os
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -24,8 +25,9 @@ class SecretsError(RuntimeError):
 class Connection:
     """The fields of an Airflow connection that jobs use. ``repr`` hides the password."""
 
-    def __init__(self, conn_id, conn_type=None, host=None, login=None, password=None,
-                 schema=None, port=None, extra=None):
+    def __init__(
+        self, conn_id, conn_type=None, host=None, login=None, password=None, schema=None, port=None, extra=None
+    ):
         self.conn_id = conn_id
         self.conn_type = conn_type
         self.host = host
@@ -140,9 +142,7 @@ def _from_lockbox(source, conn_id):
     ).get("access_token")
     if not token:
         raise SecretsError("the metadata service returned no IAM token")
-    payload = _http_json(
-        f"{endpoint}/lockbox/v1/secrets/{secret_id}/payload", {"Authorization": "Bearer " + token}
-    )
+    payload = _http_json(f"{endpoint}/lockbox/v1/secrets/{secret_id}/payload", {"Authorization": "Bearer " + token})
     for entry in payload.get("entries", []):
         if entry.get("key") == conn_id:
             value = entry.get("textValue")

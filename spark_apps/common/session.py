@@ -1,4 +1,5 @@
 """The job's SparkSession, and shipping ``spark_apps`` to executors when nobody else did."""
+
 import atexit
 import os
 import shutil
@@ -109,7 +110,6 @@ def ship_package(spark):
     sc.addPyFile(target)
     _SHIPPED_APPS.add(sc.applicationId)
     return target
-
 
 
 def task_slots(spark):

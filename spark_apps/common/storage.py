@@ -1,6 +1,7 @@
 """Small files next to a job's outputs (manifest.json, the latest pointer, a PNG), read and
 written through the Hadoop FileSystem of the Spark session: the same resolution as the job's
 Parquet paths, so local folders, ``file://``, HDFS and ``s3a://`` all work from the driver."""
+
 import hashlib
 import json
 

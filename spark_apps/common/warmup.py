@@ -7,6 +7,7 @@ encoding at once and run the same length. It also fails fast, before any data is
 the executors cannot find the model. (An RDD ``mapPartitions`` would not do: Spark gives
 pandas UDFs other worker processes than RDD functions.)
 """
+
 from typing import Iterator
 
 import pandas as pd

@@ -13,6 +13,7 @@ Rows with neither a cover id nor an image are skipped (and counted).
     python -m spark_apps.jobs.embed_images --input books.parquet --output covers.parquet \
         --model /models/clip-vit-base-patch32 --images-dir /data/covers
 """
+
 import os
 import sys
 
@@ -65,7 +66,8 @@ def parse_args(argv=None):
     group.add_argument(
         "--cover-id-column",
         help="column with the cover id (an array column: its first element); default: the first of "
-        + ", ".join(COVER_ID_COLUMNS) + " the input has",
+        + ", ".join(COVER_ID_COLUMNS)
+        + " the input has",
     )
     group.add_argument(
         "--image-column",
@@ -79,23 +81,27 @@ def parse_args(argv=None):
         "read with Spark's binaryFile source and joined by file name); default: the URL template",
     )
     group.add_argument(
-        "--url-template", type=cli.optional_text, default=images.OPEN_LIBRARY_COVERS,
+        "--url-template",
+        type=cli.optional_text,
+        default=images.OPEN_LIBRARY_COVERS,
         help="URL of a cover id's image, {cover_id} filled in; used when --images-dir is not given; "
         "'none': no downloads",
     )
     group.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per download attempt")
     group.add_argument(
-        "--retries", type=int, default=2,
+        "--retries",
+        type=int,
+        default=2,
         help="extra attempts of a download after a timeout, a connection error or HTTP 408/429/5xx",
     )
     group.add_argument(
         "--retry-backoff", type=float, default=0.5, help="seconds before the first retry; doubles each time"
     )
+    group.add_argument("--fetch-threads", type=cli.positive_int, default=8, help="concurrent image fetches per task")
     group.add_argument(
-        "--fetch-threads", type=cli.positive_int, default=8, help="concurrent image fetches per task"
-    )
-    group.add_argument(
-        "--max-image-bytes", type=cli.positive_int, default=images.MAX_IMAGE_BYTES,
+        "--max-image-bytes",
+        type=cli.positive_int,
+        default=images.MAX_IMAGE_BYTES,
         help="larger images are refused (reason too_large)",
     )
     args = parser.parse_args(argv)
@@ -171,12 +177,16 @@ def folder_images(spark, uri):
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(uri)
     name = F.regexp_extract(F.col("path"), r"([^/]+)$", 1)
     files = files.where(F.col("path").rlike(pattern)).select(
-        "path", name.alias("file"), "content",
+        "path",
+        name.alias("file"),
+        "content",
         F.regexp_replace(name, r"(?i)(-[sml])?\.[a-z0-9]+$", "").alias("stem"),
     )
     by_path = F.struct("path", "file", "content")
-    return files.groupBy("stem").agg(F.min(by_path).alias("f")).select(
-        F.col("stem").alias("key"), F.col("f.file").alias("file"), F.col("f.content").alias("content")
+    return (
+        files.groupBy("stem")
+        .agg(F.min(by_path).alias("f"))
+        .select(F.col("stem").alias("key"), F.col("f.file").alias("file"), F.col("f.content").alias("content"))
     )
 
 
@@ -185,9 +195,7 @@ def attach_folder(rows, files):
     image_name = F.regexp_replace(F.regexp_extract(F.col("image"), r"([^/]+)$", 1), r"(?i)(-[sml])?\.[a-z0-9]+$", "")
     key = F.coalesce(F.when(F.col("image").isNotNull(), image_name), F.col("cover_id").cast("string"))
     keyed = rows.withColumn("_key", key)
-    return keyed.join(files, keyed["_key"] == files["key"], "left").select(
-        "id", "cover_id", "image", F.col("content")
-    )
+    return keyed.join(files, keyed["_key"] == files["key"], "left").select("id", "cover_id", "image", F.col("content"))
 
 
 def embedding_udf(model_spec, fetcher, batch_size, threads, fetch_seconds, encode_seconds):
@@ -246,10 +254,13 @@ def run(spark, args, warehouse, watch):
     fetcher = images.ImageFetcher(
         images_dir=None if remote_folder else images_dir,
         url_template=None if images_dir else args.url_template,
-        timeout=args.timeout, retries=args.retries, backoff=args.retry_backoff,
-        threads=args.fetch_threads, max_bytes=args.max_image_bytes,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.retry_backoff,
+        threads=args.fetch_threads,
+        max_bytes=args.max_image_bytes,
         joined_dir=images_dir if remote_folder else None,
-    )  # fmt: skip
+    )
     model = warmup.prepare_model(spark, args, KIND, DEFAULT_ARROW_BATCH, watch)
     fetch_seconds = spark.sparkContext.accumulator(0.0)
     encode_seconds = spark.sparkContext.accumulator(0.0)
@@ -258,15 +269,18 @@ def run(spark, args, warehouse, watch):
     if remote_folder:
         rows = attach_folder(rows, folder_images(spark, images_dir))
     rows = rows.repartition(model["partitions"])  # round-robin: equal shares for every task slot
-    udf = embedding_udf(
-        model["spec"], fetcher, args.batch_size, args.torch_threads, fetch_seconds, encode_seconds
-    )
+    udf = embedding_udf(model["spec"], fetcher, args.batch_size, args.torch_threads, fetch_seconds, encode_seconds)
     dead_letter = poison.location(args, warehouse, target)
     with watch.stage("embed"):  # read + fetch + encode + write; the dead-letter rows from disk
         outcome = poison.write_split(
-            spark, embed(rows, udf, model["name"], remote_folder), OUTPUT_COLUMNS, target, dead_letter, JOB,
+            spark,
+            embed(rows, udf, model["name"], remote_folder),
+            OUTPUT_COLUMNS,
+            target,
+            dead_letter,
+            JOB,
             error_column="model_error",
-        )  # fmt: skip
+        )
     counts = observed.get
     poison.check_budget(outcome["rows_dead_lettered"], counts["rows_in"], args.max_error_rate, dead_letter)
     with watch.stage("count"):

@@ -8,6 +8,7 @@ re-embedded) and the drift from that version is measured. Every run writes a man
     python -m spark_apps.jobs.embed_text --input books.parquet --output embeddings.parquet \
         --model /models/all-MiniLM-L6-v2 [--previous runs/x/latest.json --latest runs/x/latest.json]
 """
+
 import json
 import os
 import sys
@@ -57,16 +58,21 @@ def parse_args(argv=None):
         "are carried over instead of re-embedded; drift is measured against it",
     )
     group.add_argument(
-        "--manifest", default=None,
+        "--manifest",
+        default=None,
         help="where to write the run's manifest JSON; default: manifest.json next to --output; none: skip",
     )
     group.add_argument("--latest", help="pointer JSON to (over)write with this version once it is complete")
     group.add_argument(
-        "--drift-sample", type=cli.positive_int, default=drift.DEFAULT_SAMPLE,
+        "--drift-sample",
+        type=cli.positive_int,
+        default=drift.DEFAULT_SAMPLE,
         help="rows sampled from each version for the drift figures",
     )
     group.add_argument(
-        "--upstream-metrics", type=json_object, default=None,
+        "--upstream-metrics",
+        type=json_object,
+        default=None,
         help="metrics JSON of the job that made the input (prepare_books), copied into the manifest",
     )
     return parser.parse_args(argv)
@@ -173,10 +179,15 @@ def measure_drift(spark, args, previous, target, plot_path, model):
     ref = drift.sample_vectors(reference, args.drift_sample, seed=1)
     cur = drift.sample_vectors(io.read_table(spark, target, "parquet"), args.drift_sample, seed=2)
     if min(len(ref), len(cur)) < 4:
-        return {"note": "too few rows with the same model for drift figures", "reference_rows": len(ref),
-                "current_rows": len(cur)}, None  # fmt: skip
+        return {
+            "note": "too few rows with the same model for drift figures",
+            "reference_rows": len(ref),
+            "current_rows": len(cur),
+        }, None
     figures = drift.compare(ref, cur)
-    png = drift.plot_png(ref, cur, figures, title="{}: previous vs current".format(model["name"])) if plot_path else None
+    png = (
+        drift.plot_png(ref, cur, figures, title="{}: previous vs current".format(model["name"])) if plot_path else None
+    )
     if png is None:
         return figures, None
     storage.write_bytes(spark, plot_path, png)
@@ -215,9 +226,15 @@ def run(spark, args, warehouse, watch):
     dead_letter = poison.location(args, warehouse, target)
     with watch.stage("embed"):  # read + join + encode + write; the dead-letter rows from disk
         outcome = poison.write_split(
-            spark, embed(rows, udf, model["name"], model["fingerprint"]), OUTPUT_COLUMNS, target, dead_letter,
-            JOB, persist=udf is not None, extra=[("rows_truncated", F.col("truncated"))],
-        )  # fmt: skip
+            spark,
+            embed(rows, udf, model["name"], model["fingerprint"]),
+            OUTPUT_COLUMNS,
+            target,
+            dead_letter,
+            JOB,
+            persist=udf is not None,
+            extra=[("rows_truncated", F.col("truncated"))],
+        )
     counts = observed.get
     dead = outcome["rows_dead_lettered"]
     poison.check_budget(dead, counts["rows_in"], args.max_error_rate, dead_letter)  # before manifest, pointer
@@ -235,8 +252,13 @@ def run(spark, args, warehouse, watch):
         figures, plot_path = measure_drift(spark, args, previous, target, plot_path, model)
     result = {
         "input": source,
-        "outputs": {"embeddings": target, "manifest": manifest_path, "drift_plot": plot_path,
-                    "latest": latest, "dead_letter": outcome["dead_letter"]},
+        "outputs": {
+            "embeddings": target,
+            "manifest": manifest_path,
+            "drift_plot": plot_path,
+            "latest": latest,
+            "dead_letter": outcome["dead_letter"],
+        },
         "latest_note": latest_note,
         "model": model["name"],
         "model_fingerprint": model["fingerprint"],
@@ -255,7 +277,7 @@ def run(spark, args, warehouse, watch):
         "executor_model_fingerprints": model["executor_fingerprints"],
         "encode_task_seconds": round(encode_seconds.value, 3),
         "rows_per_second": round(embedded / seconds, 1) if seconds and embedded else None,
-    }  # fmt: skip
+    }
     if manifest_path:
         write_manifest(spark, args, result, watch)
     return result
@@ -274,19 +296,38 @@ def write_manifest(spark, args, result, watch):
         "manifest_version": manifest.VERSION,
         "job": JOB,
         "created_at": manifest.now(),
-        "model": {"name": result["model"], "fingerprint": result["model_fingerprint"], "spec": args.model,
-                  "executor_fingerprints": result["executor_model_fingerprints"]},
-        "parameters": {"batch_size": args.batch_size, "arrow_batch_size": result["arrow_batch_size"],
-                       "partitions": result["partitions"], "torch_threads": args.torch_threads,
-                       "id_column": args.id_column, "text_column": args.text_column,
-                       "drift_sample": args.drift_sample, "previous": args.previous,
-                       "max_error_rate": args.max_error_rate},
-        "input": manifest.input_fingerprint(spark, result["input"], args.input_format or io.detect_format(result["input"])),
-        "rows": dict(manifest.upstream_rows(args.upstream_metrics), **{
-            "in": result["rows_in"], "skipped_null_text": result["rows_skipped_null_text"],
-            "embedded": result["rows_embedded"], "carried_over": result["rows_carried_over"],
-            "written": result["rows_embedded"] + result["rows_carried_over"],
-            "dead_lettered": result["rows_dead_lettered"], "truncated": result["rows_truncated"]}),
+        "model": {
+            "name": result["model"],
+            "fingerprint": result["model_fingerprint"],
+            "spec": args.model,
+            "executor_fingerprints": result["executor_model_fingerprints"],
+        },
+        "parameters": {
+            "batch_size": args.batch_size,
+            "arrow_batch_size": result["arrow_batch_size"],
+            "partitions": result["partitions"],
+            "torch_threads": args.torch_threads,
+            "id_column": args.id_column,
+            "text_column": args.text_column,
+            "drift_sample": args.drift_sample,
+            "previous": args.previous,
+            "max_error_rate": args.max_error_rate,
+        },
+        "input": manifest.input_fingerprint(
+            spark, result["input"], args.input_format or io.detect_format(result["input"])
+        ),
+        "rows": dict(
+            manifest.upstream_rows(args.upstream_metrics),
+            **{
+                "in": result["rows_in"],
+                "skipped_null_text": result["rows_skipped_null_text"],
+                "embedded": result["rows_embedded"],
+                "carried_over": result["rows_carried_over"],
+                "written": result["rows_embedded"] + result["rows_carried_over"],
+                "dead_lettered": result["rows_dead_lettered"],
+                "truncated": result["rows_truncated"],
+            },
+        ),
         "dead_letter_reasons": result["dead_letter_reasons"],
         "seconds": seconds,
         "outputs": result["outputs"],
@@ -294,7 +335,7 @@ def write_manifest(spark, args, result, watch):
         "drift": result["drift"],
         "upstream": args.upstream_metrics,
         "evaluation": None,
-    }  # fmt: skip
+    }
     storage.write_json(spark, result["outputs"]["manifest"], doc)
     if result["outputs"]["latest"]:
         manifest.write_pointer(spark, result["outputs"]["latest"], doc)

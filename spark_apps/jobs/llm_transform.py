@@ -7,6 +7,7 @@ the output column (default ``label``), model, model_fingerprint.
     python -m spark_apps.jobs.llm_transform --input sentences.jsonl --output labels.parquet \
         --model /models/flan-t5-small --prompt-template "sentiment of the text: {text}"
 """
+
 import os
 import sys
 
@@ -116,10 +117,14 @@ def run(spark, args, warehouse, watch):
     dead_letter = poison.location(args, warehouse, target)
     with watch.stage("transform"):  # read + generate + write; the dead-letter rows from disk
         outcome = poison.write_split(
-            spark, transform(rows, udf, args.prompt_template, args.output_column, model["name"]),
-            output_columns(args.output_column), target, dead_letter, JOB,
+            spark,
+            transform(rows, udf, args.prompt_template, args.output_column, model["name"]),
+            output_columns(args.output_column),
+            target,
+            dead_letter,
+            JOB,
             extra=[("rows_truncated", F.col("truncated"))],
-        )  # fmt: skip
+        )
     counts = observed.get
     dead = outcome["rows_dead_lettered"]
     poison.check_budget(dead, counts["rows_in"], args.max_error_rate, dead_letter)

@@ -7,6 +7,7 @@ quarantine output with the raw line and a reason; the job never fails on them.
     python -m spark_apps.jobs.prepare_books --input dump.txt.gz --output books.parquet \
         --quarantine quarantine.parquet --max-age-years 40
 """
+
 import datetime
 import os
 import sys
@@ -53,8 +54,20 @@ RAW_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in FIELDS] + [
 _PARSE_OPTIONS = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT}
 _YEAR_RE = r"(?<![0-9])([0-9]{4})(?![0-9])"  # first 4-digit number: "May 12, 1999", "c1999"
 BOOK_COLUMNS = (
-    "id", "title", "subtitle", "description", "subjects", "languages", "number_of_pages",
-    "publish_date", "publish_year", "cover_ids", "author_keys", "work_keys", "author", "text",
+    "id",
+    "title",
+    "subtitle",
+    "description",
+    "subjects",
+    "languages",
+    "number_of_pages",
+    "publish_date",
+    "publish_year",
+    "cover_ids",
+    "author_keys",
+    "work_keys",
+    "author",
+    "text",
 )
 # by_statement clean-up: its first part (before " ; ": illustrators, translators follow), without
 # a leading "by", brackets, "with an introduction by ..." and trailing punctuation.
@@ -65,33 +78,42 @@ _BY_TRIM_RE = r"^[\s\[\]().,:;/-]+|[\s\[\]().,:;/-]+$"
 
 def parse_args(argv=None):
     parser = cli.base_parser("prepare_books", __doc__.split("\n\n")[0])
+    parser.add_argument("--quarantine", help="output for malformed lines; default: <output>_quarantine.parquet")
     parser.add_argument(
-        "--quarantine", help="output for malformed lines; default: <output>_quarantine.parquet"
-    )
-    parser.add_argument(
-        "--languages", nargs="+", default=["eng"],
+        "--languages",
+        nargs="+",
+        default=["eng"],
         help="MARC language codes to keep (space or comma separated); '*' keeps any",
     )
     parser.add_argument(
-        "--min-pages", type=cli.optional_int, default=100,
+        "--min-pages",
+        type=cli.optional_int,
+        default=100,
         help="keep books with strictly more pages; 'none' keeps any page count",
     )
     parser.add_argument(
-        "--subject", type=cli.optional_text, default="fiction",
+        "--subject",
+        type=cli.optional_text,
+        default="fiction",
         help="keep books with a subject containing this (case-insensitive); '*' keeps any",
     )
     parser.add_argument(
-        "--max-age-years", type=cli.optional_int, default=10,
-        help="keep books published in the last N years: publish_year >= reference year - N; "
-        "'none' keeps any year",
+        "--max-age-years",
+        type=cli.optional_int,
+        default=10,
+        help="keep books published in the last N years: publish_year >= reference year - N; 'none' keeps any year",
     )
     parser.add_argument(
-        "--reference-year", type=cli.optional_int, default=None,
+        "--reference-year",
+        type=cli.optional_int,
+        default=None,
         help="year the age is counted from; default: the current year",
     )
     parser.add_argument("--limit", type=cli.optional_int, default=None, help="read at most N lines")
     parser.add_argument(
-        "--authors", type=cli.optional_text, default=None,
+        "--authors",
+        type=cli.optional_text,
+        default=None,
         help="Open Library authors dump (same 5-column format; a file, folder or glob): names for the "
         "books whose edition has no by_statement, by their author keys; default: none",
     )
@@ -151,9 +173,8 @@ def classify(parsed):
         .when(key.isNull() | (F.trim(key) == ""), F.lit("missing_key"))
         .when(wrong_fields != "", F.lit("wrong_type"))
     )
-    detail = (
-        F.when(F.col("n_columns") != N_COLUMNS, F.format_string("%d columns", F.col("n_columns")))
-        .when(reason == "wrong_type", wrong_fields)
+    detail = F.when(F.col("n_columns") != N_COLUMNS, F.format_string("%d columns", F.col("n_columns"))).when(
+        reason == "wrong_type", wrong_fields
     )
     return parsed.select("line", "source_file", "edition", reason.alias("reason"), detail.alias("detail"))
 
@@ -198,9 +219,7 @@ def extract_book(editions):
         F.when(pages.between(0, 1e9), pages.cast("int")).alias("number_of_pages"),
         e.getField("publish_date").alias("publish_date"),
         F.when(year != "", year.cast("int")).alias("publish_year"),
-        F.coalesce(F.filter(e.getField("covers"), lambda c: c > 0), F.array().cast("array<bigint>")).alias(
-            "cover_ids"
-        ),
+        F.coalesce(F.filter(e.getField("covers"), lambda c: c > 0), F.array().cast("array<bigint>")).alias("cover_ids"),
         F.coalesce(_keys(e.getField("authors")), no_strings).alias("author_keys"),
         F.coalesce(_keys(e.getField("works")), no_strings).alias("work_keys"),
         clean_by_statement(e.getField("by_statement")).alias("author"),
@@ -220,9 +239,13 @@ def author_names(spark, path):
     and a JSON ``name``; others are ignored: this is a lookup, not an input to account for)."""
     parts = F.split(F.col("value"), "\t", -1)
     json_text = parts.getItem(N_COLUMNS - 1)
-    rows = spark.read.text(path).where(F.size(parts) == N_COLUMNS).select(
-        F.get_json_object(json_text, "$.key").alias("key"),
-        _blank_to_null(F.get_json_object(json_text, "$.name")).alias("name"),
+    rows = (
+        spark.read.text(path)
+        .where(F.size(parts) == N_COLUMNS)
+        .select(
+            F.get_json_object(json_text, "$.key").alias("key"),
+            _blank_to_null(F.get_json_object(json_text, "$.name")).alias("name"),
+        )
     )
     return rows.where(F.col("key").isNotNull() & F.col("name").isNotNull()).dropDuplicates(["key"])
 
@@ -231,10 +254,14 @@ def with_dump_authors(books, authors):
     """Fill ``author`` where it is null from the authors dump: the names of the book's author
     keys, in the edition's order, joined by ", " (keys the dump lacks are left out)."""
     keys = books.where(F.col("author").isNull()).select("id", F.posexplode("author_keys").alias("pos", "key"))
-    named = keys.join(authors, "key").groupBy("id").agg(
-        F.array_join(
-            F.transform(F.array_sort(F.collect_list(F.struct("pos", "name"))), lambda s: s.getField("name")), ", "
-        ).alias("_dump_author")
+    named = (
+        keys.join(authors, "key")
+        .groupBy("id")
+        .agg(
+            F.array_join(
+                F.transform(F.array_sort(F.collect_list(F.struct("pos", "name"))), lambda s: s.getField("name")), ", "
+            ).alias("_dump_author")
+        )
     )
     joined = books.join(named, "id", "left")
     return joined.select(
@@ -285,7 +312,7 @@ def outcome(books, flags):
         F.when(~valid, F.col("line")).alias("line"),
         F.when(~valid, F.col("source_file")).alias("source_file"),
         F.when(valid & kept, book).alias("book"),
-        *[F.when(valid, ~flag).alias("fails_" + name) for name, flag in flags.items()]
+        *[F.when(valid, ~flag).alias("fails_" + name) for name, flag in flags.items()],
     )
 
 

@@ -14,9 +14,7 @@ def leftover_daemons() -> list[str]:
     from spindle.hooks.local_spark import LocalSparkClusterHook
 
     ids = [c.cluster_id for c in LocalSparkClusterHook().list_clusters()]
-    return [
-        line for line in spark_daemon_pids() if any(f"-Dspindle.cluster.id={i} " in line + " " for i in ids)
-    ]
+    return [line for line in spark_daemon_pids() if any(f"-Dspindle.cluster.id={i} " in line + " " for i in ids)]
 
 
 @pytest.fixture

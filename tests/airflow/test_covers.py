@@ -63,8 +63,13 @@ def test_plan_covers(clip_dir):
 
     base = {"embed_covers": True, "covers_source": "data/samples/covers", "clip_model_path": str(clip_dir)}
     plan = plan_covers(base, environ={})
-    assert plan == {"enabled": True, "reason": None, "model_path": str(clip_dir),
-                    "images_dir": str(REPO / "data" / "samples" / "covers"), "url_template": None}  # fmt: skip
+    assert plan == {
+        "enabled": True,
+        "reason": None,
+        "model_path": str(clip_dir),
+        "images_dir": str(REPO / "data" / "samples" / "covers"),
+        "url_template": None,
+    }
 
     off = plan_covers({**base, "embed_covers": False}, environ={})
     assert off["enabled"] is False and off["reason"] == "param 'embed_covers' is false"

@@ -137,8 +137,12 @@ def test_check_messages_name_the_params():
     )
 
     sizing = {
-        "worker_cores": 1, "executor_cores": 2, "worker_memory_mb": 1024, "executor_memory_mb": 2048, "task_cpus": 3,
-    }  # fmt: skip
+        "worker_cores": 1,
+        "executor_cores": 2,
+        "worker_memory_mb": 1024,
+        "executor_memory_mb": 2048,
+        "task_cpus": 3,
+    }
     errors = check_sizing(sizing)
     assert [e.split(":")[0] for e in errors] == [
         "param 'executor_cores'",

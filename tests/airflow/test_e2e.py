@@ -103,9 +103,7 @@ class RunResult:
 
         with create_session() as session:
             tis = session.scalars(
-                select(TaskInstance).where(
-                    TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == self.run_id
-                )
+                select(TaskInstance).where(TaskInstance.dag_id == self.dag_id, TaskInstance.run_id == self.run_id)
             )
             return {ti.task_id: str(ti.state) for ti in tis}
 
@@ -122,9 +120,7 @@ def xcoms(dag_id: str, run_id: str) -> dict[tuple[str, str], Any]:
     from sqlalchemy import select
 
     with create_session() as session:
-        rows = session.scalars(
-            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
-        )
+        rows = session.scalars(select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id))
         return {(x.task_id, x.key): XComModel.deserialize_value(x) for x in rows}
 
 
@@ -144,9 +140,7 @@ def latest_run(dag_id: str):
     from sqlalchemy import select
 
     with create_session() as session:
-        run = session.scalars(
-            select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc())
-        ).first()
+        run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.id.desc())).first()
         session.expunge(run)
         return run
 
@@ -235,7 +229,10 @@ def assert_version_recorded(result: RunResult, run_folder: Path, embeddings: lis
     manifest = json.loads((run_folder / "manifest.json").read_text())
     prepared = result.xcom("prepare_books")
     assert (manifest["rows"]["read"], manifest["rows"]["kept"], manifest["rows"]["quarantined"]) == (
-        prepared["rows_read"], prepared["rows_kept"], prepared["rows_quarantined"])  # fmt: skip
+        prepared["rows_read"],
+        prepared["rows_kept"],
+        prepared["rows_quarantined"],
+    )
     assert manifest["rows"]["written"] == len(embeddings)
     assert manifest["model"]["fingerprint"] == embeddings[0]["model_fingerprint"]
     pointer = json.loads((WAREHOUSE / "runs" / "spindle_nightly_books" / "latest.json").read_text())
@@ -302,9 +299,7 @@ def test_nightly_books_end_to_end(nightly_run, api_client):
     assert isinstance(result.xcom("prepare_books"), dict) and isinstance(result.xcom("embed_text"), dict)
     # the driver's output reached the task log
     assert "SPINDLE_METRICS" in result.output and "Connected to Spark cluster with app ID" in result.output
-    print(
-        f"nightly run: {result.seconds:.0f} s; metrics {result.xcom('prepare_books')} {result.xcom('embed_text')}"
-    )
+    print(f"nightly run: {result.seconds:.0f} s; metrics {result.xcom('prepare_books')} {result.xcom('embed_text')}")
 
 
 def test_llm_transform_end_to_end(llm_run, api_client):
@@ -343,14 +338,10 @@ def test_secret_never_leaks(nightly_run, llm_run):
         assert secret not in result.output, f"{result.dag_id}: secret in task logs"
         rendered = json.dumps(rendered_fields(result.dag_id, result.run_id), default=str)
         assert "cluster_id" in rendered and secret not in rendered, f"{result.dag_id}: rendered fields"
-        values = json.dumps(
-            {f"{k[0]}/{k[1]}": v for k, v in xcoms(result.dag_id, result.run_id).items()}, default=str
-        )
+        values = json.dumps({f"{k[0]}/{k[1]}": v for k, v in xcoms(result.dag_id, result.run_id).items()}, default=str)
         assert "cluster" in values and secret not in values, f"{result.dag_id}: XCom"
 
-        submits = [
-            p for p in result.processes.values() if "org.apache.spark.deploy.SparkSubmit" in p["cmdline"]
-        ]
+        submits = [p for p in result.processes.values() if "org.apache.spark.deploy.SparkSubmit" in p["cmdline"]]
         assert submits, f"{result.dag_id}: the process watcher saw no spark-submit"
         for proc in submits:
             # the job gets a reference: a connection id and where the secrets file is
@@ -377,9 +368,12 @@ def test_failing_job_still_deletes_the_cluster(dagbag, tmp_path, no_new_clusters
 
     dag = dagbag.dags["spindle_llm_transform"]
     conf = {
-        "model_path": str(broken_model), "limit": 5, "num_workers": 1, "worker_cores": 1,
+        "model_path": str(broken_model),
+        "limit": 5,
+        "num_workers": 1,
+        "worker_cores": 1,
         "spark_conf": {"spark.task.maxFailures": 1},  # fail on the first attempt, not the fourth
-    }  # fmt: skip
+    }
     run = dag.test(run_conf=conf)
     result = RunResult(dag.dag_id, run.run_id, str(run.state), None, "".join(capfd.readouterr()))
     assert result.state == "failed"

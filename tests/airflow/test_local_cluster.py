@@ -180,8 +180,6 @@ def test_on_kill_stops_the_driver_and_the_application(cluster, tmp_path):
     assert done.get(hook.spark_app_id) in {"KILLED", "FINISHED"}
     # executors of the killed application are gone too: only master + worker remain
     deadline = time.monotonic() + 30
-    while (
-        len(LocalSparkClusterHook().cluster_processes(cluster.cluster_id)) > 2 and time.monotonic() < deadline
-    ):
+    while len(LocalSparkClusterHook().cluster_processes(cluster.cluster_id)) > 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(LocalSparkClusterHook().cluster_processes(cluster.cluster_id)) == 2

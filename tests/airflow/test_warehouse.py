@@ -50,8 +50,12 @@ def set_conn(monkeypatch, conn_id: str, **conn) -> None:
 @pytest.fixture
 def connections(moto, monkeypatch):
     """Storage connections as the backends' settings name them, and one warehouse per backend."""
-    store = {"conn_type": "aws", "login": "AKIDSPINDLETEST", "password": SECRET,
-             "extra": {"endpoint_url": moto.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
+    store = {
+        "conn_type": "aws",
+        "login": "AKIDSPINDLETEST",
+        "password": SECRET,
+        "extra": {"endpoint_url": moto.endpoint_url, "region_name": "us-east-1"},
+    }
     set_conn(monkeypatch, "object_storage", **store)
     set_conn(monkeypatch, "aws_store", **store)
     for settings, root in BACKENDS.values():
@@ -70,8 +74,13 @@ def parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-BOOKS = pa.table({"id": [f"/books/OL{i}M" for i in range(7)], "title": [f"Book {i}" for i in range(7)],
-                  "publish_year": pa.array(range(2000, 2007), pa.int32())})  # fmt: skip
+BOOKS = pa.table(
+    {
+        "id": [f"/books/OL{i}M" for i in range(7)],
+        "title": [f"Book {i}" for i in range(7)],
+        "publish_year": pa.array(range(2000, 2007), pa.int32()),
+    }
+)
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -127,10 +136,15 @@ def test_spark_output_folder_reads_back_as_one_dataset(connections, backend):
     warehouse.write_bytes("runs/mine/books.parquet/_SUCCESS", b"")
     written = keys(connections, f"{prefix}/runs/mine/books.parquet/")
     assert sorted(k.rsplit("/", 1)[1] for k in written) == [
-        "_SUCCESS", "part-00000-c000.snappy.parquet", "part-00001-c000.snappy.parquet",
-    ]  # fmt: skip
-    parts = [pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()))
-             for k in sorted(written) if "part-" in k]  # fmt: skip
+        "_SUCCESS",
+        "part-00000-c000.snappy.parquet",
+        "part-00001-c000.snappy.parquet",
+    ]
+    parts = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()))
+        for k in sorted(written)
+        if "part-" in k
+    ]
     assert pa.concat_tables(parts).equals(BOOKS)
 
 
@@ -164,8 +178,14 @@ def test_missing_or_unusable_connections_fail_naming_them(connections, monkeypat
 def test_storage_falls_back_to_the_warehouse_connection(connections, monkeypatch):
     """Local backend (no storage setting) with an object-store root: the warehouse connection's
     own login/password and endpoint_url, as the jobs use them (docs/CONTRACTS.md)."""
-    set_conn(monkeypatch, "wh_own", conn_type="aws", login="AKIDSPINDLETEST", password=SECRET,
-             extra={"root": f"s3a://{BUCKET}/own", "endpoint_url": connections.endpoint_url})  # fmt: skip
+    set_conn(
+        monkeypatch,
+        "wh_own",
+        conn_type="aws",
+        login="AKIDSPINDLETEST",
+        password=SECRET,
+        extra={"root": f"s3a://{BUCKET}/own", "endpoint_url": connections.endpoint_url},
+    )
     warehouse = warehouse_for(None, None, conn_id="wh_own")
     warehouse.write_bytes("a.txt", b"own keys")
     assert list(keys(connections, "own/")) == ["own/a.txt"]
@@ -193,8 +213,15 @@ def test_prepare_sentences_writes_the_table_to_the_backends_warehouse(connection
 
 
 def test_check_params_checks_the_chosen_backends_warehouse(connections, monkeypatch):
-    fake_context(monkeypatch, input_path="data/samples/stsbenchmark/sts-dev.csv", worker_cores=2,
-                 executor_cores=1, worker_memory_mb=2048, executor_memory_mb=1024, task_cpus=1)  # fmt: skip
+    fake_context(
+        monkeypatch,
+        input_path="data/samples/stsbenchmark/sts-dev.csv",
+        worker_cores=2,
+        executor_cores=1,
+        worker_memory_mb=2048,
+        executor_memory_mb=1024,
+        task_cpus=1,
+    )
     check = pipelines.check_params.function
     plan = check({"sentences": "sentences.jsonl"}, settings=BACKENDS["emr"][0])
     assert plan["sentences"] == "runs/spindle_llm_transform/manual__t1/sentences.jsonl"
@@ -203,7 +230,6 @@ def test_check_params_checks_the_chosen_backends_warehouse(connections, monkeypa
     with pytest.raises(pipelines.ParamCheckError, match="setting 'aws_conn_id': connection 'gone' is not defined"):
         check({"sentences": "s.jsonl"}, settings={"warehouse_conn_id": "wh_emr", "aws_conn_id": "gone"})
     assert check({"sentences": "s.jsonl"}, settings=None)["sentences"].endswith("/s.jsonl")  # local default
-
 
 
 def test_dags_hand_the_chosen_backends_settings_to_the_airflow_side_tasks(dagbag):

@@ -57,8 +57,12 @@ def fake_aws():
 
     aws = FakeAws(CLOUD_DIR / "aws", worker_cores=2, worker_memory="2g", poll=0.5, log_upload_delay=3).start()
     aws.moto.client("s3").create_bucket(Bucket=BUCKET)
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
-            "extra": {"endpoint_url": aws.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
+    conn = {
+        "conn_type": "aws",
+        "login": "testing",
+        "password": "testing",
+        "extra": {"endpoint_url": aws.endpoint_url, "region_name": "us-east-1"},
+    }
     os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(conn)
     os.environ["AIRFLOW_CONN_YANDEX_OBJECT_STORAGE"] = json.dumps(conn)
     conn_id, root = WAREHOUSES["emr"]
@@ -73,15 +77,15 @@ def fake_aws():
 def fake_yandex(fake_aws):
     from tests.fakes.yandex_cloud import YandexCloudFake
 
-    yc = YandexCloudFake(CLOUD_DIR / "yandex", s3=fake_aws.moto.s3_settings(), oauth_tokens={OAUTH_TOKEN},
-                         certificate=CERT).start()  # fmt: skip
+    yc = YandexCloudFake(
+        CLOUD_DIR / "yandex", s3=fake_aws.moto.s3_settings(), oauth_tokens={OAUTH_TOKEN}, certificate=CERT
+    ).start()
     os.environ["AIRFLOW_CONN_YANDEXCLOUD_DEFAULT"] = json.dumps(
         {"conn_type": "yandexcloud", "extra": {"oauth": OAUTH_TOKEN, "endpoint": yc.endpoint, "folder_id": FOLDER_ID}}
     )
     conn_id, root = WAREHOUSES["yandex"]
     secret_id = yc.add_secret(FOLDER_ID, "spindle-connections", {conn_id: warehouse_connection(root)})
-    SECRETS_SOURCES["yandex"] = (f"lockbox://{secret_id}?endpoint={yc.lockbox_rest_url}"
-                                 f"&metadata={yc.metadata_addr}")  # fmt: skip
+    SECRETS_SOURCES["yandex"] = f"lockbox://{secret_id}?endpoint={yc.lockbox_rest_url}&metadata={yc.metadata_addr}"
     yield yc
     yc.stop()
     assert not yc.local_clusters.running

@@ -20,9 +20,18 @@ def test_missing_settings_are_named():
 
 def test_malformed_settings_are_named():
     with pytest.raises(config.BackendConfigError, match="'datanode_count' must be integer"):
-        config.validate_settings("yandex", {"bucket": "b", "folder_id": "f", "subnet_id": "s",
-                                            "service_account_id": "a", "oslogin_enabled": True,
-                                            "datanode_count": "two"}, "Variable x")  # fmt: skip
+        config.validate_settings(
+            "yandex",
+            {
+                "bucket": "b",
+                "folder_id": "f",
+                "subnet_id": "s",
+                "service_account_id": "a",
+                "oslogin_enabled": True,
+                "datanode_count": "two",
+            },
+            "Variable x",
+        )
     with pytest.raises(config.BackendConfigError, match="not valid JSON"):
         config.validate_settings("emr", "{not json", "Variable x")
     with pytest.raises(config.BackendConfigError, match="'colour' is unknown"):

@@ -42,8 +42,11 @@ NIGHTLY_TASKS = ("stage", "create_cluster", "prepare_books", "embed_text", "embe
 LLM = "spindle_llm_transform"
 LLM_CONF = {"limit": 40, "max_new_tokens": 4, "batch_size": 8}
 #: The marker each lane's job task writes around the driver log it copies into the task log.
-DRIVER_LOG_TITLE = {"yandex": "driver log (Data Proc job log API): begin", "emr": "driver log of step",
-                    "emr_serverless": "driver log of job run"}  # fmt: skip
+DRIVER_LOG_TITLE = {
+    "yandex": "driver log (Data Proc job log API): begin",
+    "emr": "driver log of step",
+    "emr_serverless": "driver log of job run",
+}
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +149,9 @@ def clouds(request):
 
 # --------------------------------------------------------------------------- both DAGs, every lane
 @pytest.mark.parametrize("backend", CLOUDS)
-def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, cluster_environment, models, covers,
-                                                        local, clouds, capfd, no_new_spark_processes):  # fmt: skip
+def test_both_dags_run_on_a_cluster_that_shares_nothing(
+    backend, cloud_dagbag, cluster_environment, models, covers, local, clouds, capfd, no_new_spark_processes
+):
     fakes = clouds(backend)
     set_backend_settings(backend)
     before = fakes.snapshot()
@@ -228,8 +232,9 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(backend, cloud_dagbag, c
 
 # --------------------------------------------------------------------------- failures
 @pytest.mark.parametrize("backend", CLOUDS)
-def test_a_failing_job_still_deletes_the_cluster(backend, cloud_dagbag, cluster_environment, clouds,
-                                                 no_new_spark_processes):  # fmt: skip
+def test_a_failing_job_still_deletes_the_cluster(
+    backend, cloud_dagbag, cluster_environment, clouds, no_new_spark_processes
+):
     fakes = clouds(backend)
     set_backend_settings(backend, **BROKEN_SPARK)
     before = fakes.snapshot()
@@ -241,8 +246,9 @@ def test_a_failing_job_still_deletes_the_cluster(backend, cloud_dagbag, cluster_
     fakes.assert_one_created_and_gone(before)
 
 
-def test_a_lane_without_the_environment_fails_naming_what_is_missing(cloud_dagbag, clouds, capfd,
-                                                                     no_new_spark_processes):  # fmt: skip
+def test_a_lane_without_the_environment_fails_naming_what_is_missing(
+    cloud_dagbag, clouds, capfd, no_new_spark_processes
+):
     """'provided' promises an image with the model libraries; the fake image has none: the job
     that needs them fails at once, its driver log (copied into the task log) naming them, and
     the application is still deleted. prepare_books needs none and succeeds on the image."""

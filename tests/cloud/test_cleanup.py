@@ -17,7 +17,12 @@ class _TaskInstance:
 
     def __init__(self, task_id: str) -> None:
         self.dag_id, self.run_id, self.task_id, self.try_number, self.map_index = (
-            "spindle_nightly_books", "manual__cleanup", task_id, 1, -1)  # fmt: skip
+            "spindle_nightly_books",
+            "manual__cleanup",
+            task_id,
+            1,
+            -1,
+        )
         self.xcom: dict[str, object] = {}
 
     def xcom_push(self, key: str, value: object) -> None:
@@ -62,7 +67,8 @@ def test_emr_job_flow_carries_the_auto_termination_policy(fake_aws):
 
     emr = fake_aws.moto.client("emr")
     job_flow_id = SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=_emr_settings()).execute(
-        _context())
+        _context()
+    )
     try:
         policy = emr.get_auto_termination_policy(ClusterId=job_flow_id)["AutoTerminationPolicy"]
         assert policy == {"IdleTimeout": 3600}
@@ -70,7 +76,8 @@ def test_emr_job_flow_carries_the_auto_termination_policy(fake_aws):
     finally:
         emr.terminate_job_flows(JobFlowIds=[job_flow_id])
     job_flow_id = SpindleEmrCreateJobFlowOperator(
-        task_id="create_cluster", settings=_emr_settings(idle_timeout_minutes=None)).execute(_context())
+        task_id="create_cluster", settings=_emr_settings(idle_timeout_minutes=None)
+    ).execute(_context())
     emr.terminate_job_flows(JobFlowIds=[job_flow_id])
     assert "AutoTerminationPolicy" not in emr.get_auto_termination_policy(ClusterId=job_flow_id)
 
@@ -88,7 +95,9 @@ def test_emr_create_that_times_out_terminates_its_job_flow(fake_aws):
     prefix = "spindle-spindle_stuck_create-"
     STUCK_JOB_FLOW_PREFIXES.add(prefix)
     try:
-        op = SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=_emr_settings(create_timeout_minutes=0.05))
+        op = SpindleEmrCreateJobFlowOperator(
+            task_id="create_cluster", settings=_emr_settings(create_timeout_minutes=0.05)
+        )
         with pytest.raises(WaiterError):
             op.execute(context)
     finally:
@@ -111,18 +120,33 @@ def test_emr_step_task_killed_cancels_its_step(fake_aws):
     emr = fake_aws.moto.client("emr")
     STUCK_JOB_FLOW_PREFIXES.add("spindle-kill-")
     try:
-        flow = emr.run_job_flow(Name="spindle-kill-step", ReleaseLabel="emr-7.5.0", JobFlowRole="EMR_EC2_DefaultRole",
-                                ServiceRole="EMR_DefaultRole",
-                                Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1,
-                                           "KeepJobFlowAliveWhenNoSteps": True})  # fmt: skip
+        flow = emr.run_job_flow(
+            Name="spindle-kill-step",
+            ReleaseLabel="emr-7.5.0",
+            JobFlowRole="EMR_EC2_DefaultRole",
+            ServiceRole="EMR_DefaultRole",
+            Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+        )
     finally:
         STUCK_JOB_FLOW_PREFIXES.discard("spindle-kill-")
     job_flow_id = flow["JobFlowId"]
-    step_id = emr.add_job_flow_steps(JobFlowId=job_flow_id, Steps=[{
-        "Name": "spindle.kill", "ActionOnFailure": "CONTINUE",
-        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://nowhere/job.py"]}}])["StepIds"][0]  # fmt: skip
-    sensor = SpindleEmrStepSensor(task_id="embed_text", job_flow_id=job_flow_id, step_id=[step_id],
-                                  settings=_emr_settings(step_poke_interval=1, log_wait_seconds=1), timeout=60)  # fmt: skip
+    step_id = emr.add_job_flow_steps(
+        JobFlowId=job_flow_id,
+        Steps=[
+            {
+                "Name": "spindle.kill",
+                "ActionOnFailure": "CONTINUE",
+                "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", "s3://nowhere/job.py"]},
+            }
+        ],
+    )["StepIds"][0]
+    sensor = SpindleEmrStepSensor(
+        task_id="embed_text",
+        job_flow_id=job_flow_id,
+        step_id=[step_id],
+        settings=_emr_settings(step_poke_interval=1, log_wait_seconds=1),
+        timeout=60,
+    )
     outcome: list[BaseException | None] = []
 
     def run() -> None:
@@ -158,10 +182,14 @@ def test_emr_serverless_job_task_killed_cancels_its_job_run(fake_aws):
     client = fake_aws.moto.client("emr-serverless")
     app_id = client.create_application(name="spindle-kill-run", releaseLabel="emr-7.5.0", type="SPARK")["applicationId"]
     client.stop_application(applicationId=app_id)
-    run_id = client.start_job_run(applicationId=app_id, executionRoleArn=settings["execution_role_arn"],
-                                  jobDriver={"sparkSubmit": {"entryPoint": "s3://nowhere/job.py"}})["jobRunId"]  # fmt: skip
-    op = SpindleEmrServerlessStartJobOperator(task_id="embed_text", job="embed_text", staged={}, settings=settings,
-                                              application_id=app_id)  # fmt: skip
+    run_id = client.start_job_run(
+        applicationId=app_id,
+        executionRoleArn=settings["execution_role_arn"],
+        jobDriver={"sparkSubmit": {"entryPoint": "s3://nowhere/job.py"}},
+    )["jobRunId"]
+    op = SpindleEmrServerlessStartJobOperator(
+        task_id="embed_text", job="embed_text", staged={}, settings=settings, application_id=app_id
+    )
     op.aws_conn_id, op.job_id, op.waiter_delay = settings["aws_conn_id"], run_id, 1  # what execute() set
     try:
         op.on_kill()
@@ -182,24 +210,38 @@ def test_data_proc_job_task_killed_cancels_its_job(fake_yandex, fake_aws):
 
     settings = validate_settings("yandex", set_backend_settings("yandex"), "test")
     fake_aws.moto.client("s3").put_object(Bucket=BUCKET, Key="tests/sleep.py", Body=b"import time\ntime.sleep(600)\n")
-    cluster_id = SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings,
-                                                      cluster_name="spindle-test-kill-job").execute(_context())  # fmt: skip
+    cluster_id = SpindleDataprocCreateClusterOperator(
+        task_id="create_cluster", settings=settings, cluster_name="spindle-test-kill-job"
+    ).execute(_context())
     hook = SpindleDataprocHook(yandex_conn_id=settings["connection_id"])
     try:
         name = "spindle-test-killed-job"
-        hook.jobs.Create(job_service_pb.CreateJobRequest(
-            cluster_id=cluster_id, name=name,
-            pyspark_job=job_pb.PysparkJob(main_python_file_uri=f"s3a://{BUCKET}/tests/sleep.py")))  # fmt: skip
+        hook.jobs.Create(
+            job_service_pb.CreateJobRequest(
+                cluster_id=cluster_id,
+                name=name,
+                pyspark_job=job_pb.PysparkJob(main_python_file_uri=f"s3a://{BUCKET}/tests/sleep.py"),
+            )
+        )
         job_id = hook.find_job(cluster_id, name).id
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and fake_yandex.state.jobs[job_id].running is None:
             time.sleep(0.5)
         assert fake_yandex.state.jobs[job_id].running is not None, "the fake never started the job"
-        op = SpindleDataprocPysparkJobOperator(task_id="embed_text", job="embed_text", staged={}, settings=settings,
-                                               cluster_id=cluster_id, connection_id=settings["connection_id"],
-                                               name=name)  # the name execute() gave the job  # fmt: skip
+        op = SpindleDataprocPysparkJobOperator(
+            task_id="embed_text",
+            job="embed_text",
+            staged={},
+            settings=settings,
+            cluster_id=cluster_id,
+            connection_id=settings["connection_id"],
+            name=name,
+        )  # the name execute() gave the job
         op.on_kill()
-        assert hook.jobs.Get(job_service_pb.GetJobRequest(cluster_id=cluster_id, job_id=job_id)).status == job_pb.Job.CANCELLED
+        assert (
+            hook.jobs.Get(job_service_pb.GetJobRequest(cluster_id=cluster_id, job_id=job_id)).status
+            == job_pb.Job.CANCELLED
+        )
     finally:
         hook.dataproc_client.delete_cluster(cluster_id)
     assert cluster_id not in fake_yandex.live_clusters

@@ -42,8 +42,12 @@ def asset_events(asset) -> list[dict]:
     from sqlalchemy import select
 
     with create_session() as session:
-        query = (select(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-                 .where(AssetModel.name == asset.name).order_by(AssetEvent.id))  # fmt: skip
+        query = (
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == asset.name)
+            .order_by(AssetEvent.id)
+        )
         return [dict(e.extra or {}, source_dag_id=e.source_dag_id) for e in session.scalars(query)]
 
 
@@ -76,8 +80,7 @@ def jobs_ran(dagbag, states: dict, dag_id: str = NIGHTLY) -> list[str]:
     return sorted(t for t in tasks if states[t] == "success")
 
 
-def assert_jobs_on(fake, since: int, cluster_id: str, task_ids: list[str], run_id: str,
-                   dag_id: str = NIGHTLY) -> None:  # fmt: skip
+def assert_jobs_on(fake, since: int, cluster_id: str, task_ids: list[str], run_id: str, dag_id: str = NIGHTLY) -> None:
     """Exactly one Data Proc job per job task that ran (named by dag, run, task and try), each on
     ``cluster_id``."""
     from spindle.yandex.operators import dataproc_job_name
@@ -144,8 +147,9 @@ class _Events:
         import datetime
 
         now = datetime.datetime.now(datetime.timezone.utc)
-        self.events = [SimpleNamespace(extra=e, timestamp=now, source_dag_id=shared.OPEN_DAG_ID, source_run_id="r")
-                       for e in extras]  # fmt: skip
+        self.events = [
+            SimpleNamespace(extra=e, timestamp=now, source_dag_id=shared.OPEN_DAG_ID, source_run_id="r") for e in extras
+        ]
 
     def __getitem__(self, asset):
         return self
@@ -169,8 +173,15 @@ def test_acquire_refuses_an_expired_or_foreign_cluster_before_asking_the_api():
 def test_shared_strategy_refuses_cluster_id_setting():
     from spindle.backends import config
 
-    base = {"bucket": "b", "folder_id": "f", "subnet_id": "s", "service_account_id": "a", "oslogin_enabled": True,
-            "environment": "provided", "secrets_source": "lockbox://e6q"}  # fmt: skip
+    base = {
+        "bucket": "b",
+        "folder_id": "f",
+        "subnet_id": "s",
+        "service_account_id": "a",
+        "oslogin_enabled": True,
+        "environment": "provided",
+        "secrets_source": "lockbox://e6q",
+    }
     with pytest.raises(config.BackendConfigError, match="'cluster_id' must not be set with strategy shared"):
         config.validate_settings("yandex", {**base, "strategy": "shared", "cluster_id": "c9q"}, "Variable x")
     with pytest.raises(config.BackendConfigError, match="'strategy' must be one of create_delete, start_stop, shared"):
@@ -190,8 +201,7 @@ def test_shared_strategy_without_an_open_cluster_fails_the_first_task(cloud_dagb
     assert "no shared Data Proc cluster was ever published" in capfd.readouterr().out
 
 
-def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_environment, no_new_spark_processes,
-                                      capfd):  # fmt: skip
+def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_environment, no_new_spark_processes, capfd):
     set_backend_settings("yandex", strategy="shared")
     cluster_id = None
     try:
@@ -227,8 +237,9 @@ def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_enviro
         before = len(fake_yandex.state.calls)
         run, states = run_nightly(cloud_dagbag, "yandex", limit=LIMIT)
         assert str(run.state) == "success", states
-        assert {states[f"yandex.{t}"] for t in ("stage", "create_cluster", "prepare_books", "embed_text",
-                                                "delete_cluster")} == {"success"}  # fmt: skip
+        assert {
+            states[f"yandex.{t}"] for t in ("stage", "create_cluster", "prepare_books", "embed_text", "delete_cluster")
+        } == {"success"}
         assert calls(fake_yandex, "Cluster.Create", before) == []
         assert calls(fake_yandex, "Cluster.Delete", before) == []
         assert {"yandex.prepare_books", "yandex.embed_text"} <= set(jobs_ran(cloud_dagbag, states))
@@ -238,8 +249,7 @@ def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_enviro
         assert ti.xcom_pull(task_ids="yandex.embed_text")["job"] == "embed_text"
         assert cluster_status(fake_yandex, cluster_id) == "RUNNING"
         [release] = asset_events(SHARED_CLUSTER_RELEASED)[released:]
-        assert release == {"cluster_id": cluster_id, "dag_id": NIGHTLY, "run_id": run.run_id,
-                           "source_dag_id": NIGHTLY}  # fmt: skip
+        assert release == {"cluster_id": cluster_id, "dag_id": NIGHTLY, "run_id": run.run_id, "source_dag_id": NIGHTLY}
 
         # close after the last model released it: deleted, once
         before = len(fake_yandex.state.calls)
@@ -264,8 +274,9 @@ def test_shared_cluster_open_use_close(cloud_dagbag, fake_yandex, cluster_enviro
 
 
 # --------------------------------------------------------------------------- strategy: start_stop
-def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagbag, fake_yandex, cluster_environment,
-                                                                     no_new_spark_processes):  # fmt: skip
+def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(
+    cloud_dagbag, fake_yandex, cluster_environment, no_new_spark_processes
+):
     """The run starts the stopped cluster, submits to it, and its teardown stops it again even
     though the first job fails (a driver that dies at once: the cheapest real job; the success
     path of jobs on a cluster the run did not create is the shared chain's)."""
@@ -277,16 +288,25 @@ def test_start_stop_strategy_starts_and_stops_the_persistent_cluster(cloud_dagba
     cluster_id = None
     try:
         created = hook.dataproc_client.create_cluster(
-            s3_bucket=BUCKET, folder_id=FOLDER_ID, cluster_name="spindle-persistent-test",
-            subnet_id=settings["subnet_id"], zone="ru-central1-a", service_account_id=settings["service_account_id"],
-            ssh_public_keys=settings["ssh_public_keys"], datanode_count=1,
-        )  # fmt: skip
+            s3_bucket=BUCKET,
+            folder_id=FOLDER_ID,
+            cluster_name="spindle-persistent-test",
+            subnet_id=settings["subnet_id"],
+            zone="ru-central1-a",
+            service_account_id=settings["service_account_id"],
+            ssh_public_keys=settings["ssh_public_keys"],
+            datanode_count=1,
+        )
         cluster_id = created.response.id
         hook.stop_cluster(cluster_id)
         assert cluster_status(fake_yandex, cluster_id) == "STOPPED"
 
-        set_backend_settings("yandex", strategy="start_stop", cluster_id=cluster_id,
-                             spark_properties={"spark.executor.memory": "not-a-size"})  # fmt: skip
+        set_backend_settings(
+            "yandex",
+            strategy="start_stop",
+            cluster_id=cluster_id,
+            spark_properties={"spark.executor.memory": "not-a-size"},
+        )
         before = len(fake_yandex.state.calls)
         run, states = run_nightly(cloud_dagbag, "yandex", limit=LIMIT)
         assert str(run.state) == "failed"

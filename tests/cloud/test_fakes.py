@@ -28,8 +28,12 @@ from tests.support.cloud import BUCKET, FOLDER_ID, OAUTH_TOKEN, REPO
 
 pytestmark = pytest.mark.timeout(600)
 LOGS = f"s3://{BUCKET}/fake-tests/logs/"
-ENV_ARGS = ["--conf", "spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python",
-            "--conf", "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python"]  # fmt: skip
+ENV_ARGS = [
+    "--conf",
+    "spark.yarn.appMasterEnv.PYSPARK_PYTHON=./environment/bin/python",
+    "--conf",
+    "spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python",
+]
 
 TORCH_JOB = """
 import torch  # not on a managed image: must be shipped
@@ -98,8 +102,11 @@ def wait_log(fake_aws, key: str, timeout: float = 30) -> str:
 def run_step(fake_aws, job_flow: str, argv: list[str], timeout: float = 300) -> tuple[str, str, float]:
     """(final state, step id, monotonic time the final state was seen)."""
     emr = fake_aws.moto.client("emr")
-    step = {"Name": "fake-test", "ActionOnFailure": "CONTINUE",
-            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", *argv]}}  # fmt: skip
+    step = {
+        "Name": "fake-test",
+        "ActionOnFailure": "CONTINUE",
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": ["spark-submit", *argv]},
+    }
     step_id = emr.add_job_flow_steps(JobFlowId=job_flow, Steps=[step])["StepIds"][0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,9 +145,13 @@ def make_env_archive(folder) -> bytes:
 def job_flow(fake_aws):
     emr = fake_aws.moto.client("emr")
     flow = emr.run_job_flow(
-        Name="fake-tests", LogUri=LOGS, ReleaseLabel="emr-7.0.0", JobFlowRole="r", ServiceRole="r",
+        Name="fake-tests",
+        LogUri=LOGS,
+        ReleaseLabel="emr-7.0.0",
+        JobFlowRole="r",
+        ServiceRole="r",
         Instances={"InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True, "MasterInstanceType": "m5.xlarge"},
-    )["JobFlowId"]  # fmt: skip
+    )["JobFlowId"]
     yield flow
     emr.terminate_job_flows(JobFlowIds=[flow])
     fake_aws.wait_idle(120)
@@ -154,8 +165,12 @@ def env_archive(fake_aws, tmp_path_factory):
 
 # --------------------------------------------------------------------------- rules, no Spark
 def test_service_rules_pick_the_driver_environment_and_deploy_mode():
-    props = {"spark.yarn.appMasterEnv.A": "yarn", "spark.emr-serverless.driverEnv.A": "serverless",
-             "spark.executorEnv.A": "executor", "spark.archives": "s3://b/e.tgz#environment"}  # fmt: skip
+    props = {
+        "spark.yarn.appMasterEnv.A": "yarn",
+        "spark.emr-serverless.driverEnv.A": "serverless",
+        "spark.executorEnv.A": "executor",
+        "spark.archives": "s3://b/e.tgz#environment",
+    }
     client = interpret(SparkJob("s3://b/j.py", properties=props), YARN)
     assert not client.cluster_mode and client.driver_env == {}  # YARN client mode: the AM's env, not the driver's
     assert client.lists["archives"] == ["s3://b/e.tgz#environment"]
@@ -166,12 +181,15 @@ def test_service_rules_pick_the_driver_environment_and_deploy_mode():
     assert serverless.cluster_mode and serverless.driver_env == {"A": "serverless"}
 
 
-@pytest.mark.parametrize("job", [
-    SparkJob("s3://b/j.py", args=["--out", "/tmp/x"]),
-    SparkJob("s3://b/j.py", args=["--out=file:///tmp/x"]),
-    SparkJob("/home/me/job.py"),
-    SparkJob("s3://b/j.py", archives=["file:///env.tgz#environment"]),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "job",
+    [
+        SparkJob("s3://b/j.py", args=["--out", "/tmp/x"]),
+        SparkJob("s3://b/j.py", args=["--out=file:///tmp/x"]),
+        SparkJob("/home/me/job.py"),
+        SparkJob("s3://b/j.py", archives=["file:///env.tgz#environment"]),
+    ],
+)
 def test_local_paths_are_refused(job):
     with pytest.raises(JobFailed, match="a managed cluster cannot read the Airflow machine's files"):
         refuse_local_paths(job, interpret(job, YARN).lists)
@@ -224,8 +242,10 @@ def test_step_with_a_local_path_argument_fails_with_a_clear_error(fake_aws, job_
     job = upload(fake_aws, "fake-tests/noop_job.py", "print('never runs')\n")
     state, step_id, _ = run_step(fake_aws, job_flow, ["--deploy-mode", "cluster", job, "/work/main/data/x.csv"])
     assert state == "FAILED"
-    expected = ("ERROR local path /work/main/data/x.csv in job arguments: a managed cluster cannot read the "
-                "Airflow machine's files; stage it to object storage")  # fmt: skip
+    expected = (
+        "ERROR local path /work/main/data/x.csv in job arguments: a managed cluster cannot read the "
+        "Airflow machine's files; stage it to object storage"
+    )
     stderr = step_log(fake_aws, job_flow, step_id, "stderr.gz")
     assert expected[len("ERROR ") :] in stderr
     driver = wait_log(fake_aws, f"{container_prefix(job_flow, stderr)}/stderr.gz", timeout=30)
@@ -249,14 +269,18 @@ def test_serverless_driver_env_selects_the_shipped_python(fake_aws, env_archive)
     app = client.create_application(name="fake-tests", releaseLabel="emr-7.0.0", type="SPARK")["applicationId"]
     client.start_application(applicationId=app)
     job = upload(fake_aws, "fake-tests/env_job.py", ENV_JOB)
-    params = (f"--conf spark.archives={env_archive}#environment "
-              "--conf spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python "
-              "--conf spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python")  # fmt: skip
+    params = (
+        f"--conf spark.archives={env_archive}#environment "
+        "--conf spark.emr-serverless.driverEnv.PYSPARK_PYTHON=./environment/bin/python "
+        "--conf spark.executorEnv.PYSPARK_PYTHON=./environment/bin/python"
+    )
     run = client.start_job_run(
-        applicationId=app, executionRoleArn="arn:aws:iam::123456789012:role/r", name="fake-test",
+        applicationId=app,
+        executionRoleArn="arn:aws:iam::123456789012:role/r",
+        name="fake-test",
         jobDriver={"sparkSubmit": {"entryPoint": job, "sparkSubmitParameters": params}},
         configurationOverrides={"monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": LOGS}}},
-    )["jobRunId"]  # fmt: skip
+    )["jobRunId"]
     try:
         deadline = time.monotonic() + 300
         while client.get_job_run(applicationId=app, jobRunId=run)["jobRun"]["state"] not in ("SUCCESS", "FAILED"):
@@ -288,8 +312,11 @@ def test_yandex_refuses_a_job_name_the_api_refuses(fake_yandex):
     _, stub = _dataproc_stub(fake_yandex)
     spec = job_pb2.PysparkJob(main_python_file_uri=f"s3a://{BUCKET}/x.py")
     with pytest.raises(grpc.RpcError) as refused:
-        stub.Create(job_service_pb2.CreateJobRequest(cluster_id="c9qmissing", name="spindle.dag.task.manual__2026",
-                                                     pyspark_job=spec))  # fmt: skip
+        stub.Create(
+            job_service_pb2.CreateJobRequest(
+                cluster_id="c9qmissing", name="spindle.dag.task.manual__2026", pyspark_job=spec
+            )
+        )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith("Request validation error: name: ")
     with pytest.raises(grpc.RpcError) as missing:  # a valid request reaches the handler
@@ -304,21 +331,34 @@ def test_yandex_job_runs_in_client_mode_on_the_image(fake_yandex, fake_aws):
     sdk, _ = _dataproc_stub(fake_yandex)
     dataproc = sdk.wrappers.Dataproc(default_folder_id=FOLDER_ID)
     dataproc.create_cluster(
-        folder_id=FOLDER_ID, cluster_name=f"fake-tests-{uuid.uuid4().hex[:6]}", subnet_id="e9bspindle",
-        service_account_id="ajespindle", s3_bucket=BUCKET, ssh_public_keys=["ssh-ed25519 AAAA test"],
-        masternode_resource_preset="s2.micro", datanode_count=1, datanode_resource_preset="s2.micro",
-    )  # fmt: skip
+        folder_id=FOLDER_ID,
+        cluster_name=f"fake-tests-{uuid.uuid4().hex[:6]}",
+        subnet_id="e9bspindle",
+        service_account_id="ajespindle",
+        s3_bucket=BUCKET,
+        ssh_public_keys=["ssh-ed25519 AAAA test"],
+        masternode_resource_preset="s2.micro",
+        datanode_count=1,
+        datanode_resource_preset="s2.micro",
+    )
     try:
-        job = upload(fake_aws, "fake-tests/yc_job.py", (
-            "import os, sys\nfrom pyspark.sql import SparkSession\n"
-            "spark = SparkSession.builder.getOrCreate()\n"
-            f"print('ROWS', spark.read.parquet('s3a://{BUCKET}/fake-tests/a.parquet').count())\n"
-            "print('NODE', sys.executable, os.environ.get('YC_METADATA_ADDR'), os.environ.get('MARK'))\n"
-        ))  # fmt: skip
+        job = upload(
+            fake_aws,
+            "fake-tests/yc_job.py",
+            (
+                "import os, sys\nfrom pyspark.sql import SparkSession\n"
+                "spark = SparkSession.builder.getOrCreate()\n"
+                f"print('ROWS', spark.read.parquet('s3a://{BUCKET}/fake-tests/a.parquet').count())\n"
+                "print('NODE', sys.executable, os.environ.get('YC_METADATA_ADDR'), os.environ.get('MARK'))\n"
+            ),
+        )
         rows = spark_input(fake_aws)
         try:
-            dataproc.create_pyspark_job(main_python_file_uri=job.replace("s3://", "s3a://"), name="fake-tests-job",
-                                        properties={"spark.yarn.appMasterEnv.MARK": "am"})  # fmt: skip
+            dataproc.create_pyspark_job(
+                main_python_file_uri=job.replace("s3://", "s3a://"),
+                name="fake-tests-job",
+                properties={"spark.yarn.appMasterEnv.MARK": "am"},
+            )
         finally:
             (job,) = [j for j in fake_yandex.state.jobs.values() if j.proto.name == "fake-tests-job"]
             log_text = job.running.submit_log_text()
@@ -336,8 +376,11 @@ def spark_input(fake_aws) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    keys = [o["Key"] for o in _s3(fake_aws).list_objects_v2(Bucket=BUCKET, Prefix="fake-tests/a.parquet/")
-            .get("Contents", []) if o["Key"].endswith(".parquet")]  # fmt: skip
+    keys = [
+        o["Key"]
+        for o in _s3(fake_aws).list_objects_v2(Bucket=BUCKET, Prefix="fake-tests/a.parquet/").get("Contents", [])
+        if o["Key"].endswith(".parquet")
+    ]
     if keys:
         return 100
     buffer = io.BytesIO()

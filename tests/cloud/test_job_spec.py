@@ -23,16 +23,29 @@ from spindle.yandex.operators import SpindleDataprocPysparkJobOperator, dataproc
 ENV = "s3://b/spindle/artifacts/environments/spindle-env.tar.gz#environment"
 TEXT_MODEL, CLIP_MODEL = "/models/minilm", "/models/clip"
 STAGED = {
-    "bucket": "b", "prefix": "spindle", "scheme": "s3", "jobs": {"embed_text": "s3://b/j/embed_text.py",
-    "prepare_books": "s3://b/j/prepare_books.py"}, "py_files": ["s3://b/code/spark_apps.zip"],
+    "bucket": "b",
+    "prefix": "spindle",
+    "scheme": "s3",
+    "jobs": {"embed_text": "s3://b/j/embed_text.py", "prepare_books": "s3://b/j/prepare_books.py"},
+    "py_files": ["s3://b/code/spark_apps.zip"],
     "environment": ENV,
     "models": {TEXT_MODEL: "s3://b/m/minilm.tar.gz#model", CLIP_MODEL: "s3://b/m/clip.tar.gz#model2"},
     "rewrites": {TEXT_MODEL: "model", CLIP_MODEL: "model2"},
-}  # fmt: skip
-SETTINGS = {"aws_conn_id": "aws_default", "secrets_source": "aws-sm://spindle", "warehouse_conn_id": "wh",
-            "spark_properties": {"spark.archives": "s3://b/user/extra.zip#extra", "spark.sql.shuffle.partitions": "7"}}  # fmt: skip
-CONTEXT = {"ti": SimpleNamespace(dag_id="spindle_nightly_books", task_id="emr.embed_text",
-                                 run_id="manual__2026-12-01T10:00:00+00:00", try_number=2)}  # fmt: skip
+}
+SETTINGS = {
+    "aws_conn_id": "aws_default",
+    "secrets_source": "aws-sm://spindle",
+    "warehouse_conn_id": "wh",
+    "spark_properties": {"spark.archives": "s3://b/user/extra.zip#extra", "spark.sql.shuffle.partitions": "7"},
+}
+CONTEXT = {
+    "ti": SimpleNamespace(
+        dag_id="spindle_nightly_books",
+        task_id="emr.embed_text",
+        run_id="manual__2026-12-01T10:00:00+00:00",
+        try_number=2,
+    )
+}
 
 
 def job(cls, name="embed_text", args=None, **kwargs):
@@ -61,7 +74,8 @@ def test_emr_step_ships_environment_and_only_its_model_through_yarn_knobs():
     cli = spec.cli_args(CONTEXT)
     assert cli[cli.index("--model") + 1] == "model" and TEXT_MODEL not in cli
     assert cli[cli.index("--metrics-output") + 1] == (
-        "s3://b/spindle/metrics/spindle_nightly_books/manual__2026-12-01T10_00_00_00_00/emr.embed_text.try2.json")
+        "s3://b/spindle/metrics/spindle_nightly_books/manual__2026-12-01T10_00_00_00_00/emr.embed_text.try2.json"
+    )
 
 
 def test_a_job_without_a_model_ships_no_environment():
@@ -72,8 +86,11 @@ def test_a_job_without_a_model_ships_no_environment():
 
 
 def test_serverless_uses_driver_env_and_merged_spark_archives():
-    spec = job(SpindleEmrServerlessStartJobOperator, args={"model": CLIP_MODEL, "input": "x"},
-               conf={"spark.archives": "s3://b/run/more.zip#more"})  # fmt: skip
+    spec = job(
+        SpindleEmrServerlessStartJobOperator,
+        args={"model": CLIP_MODEL, "input": "x"},
+        conf={"spark.archives": "s3://b/run/more.zip#more"},
+    )
     conf = conf_of(shlex.split(shlex.join(spark_submit_args(spec, conf_style=True))))
     assert conf["spark.archives"].split(",") == [ENV, "s3://b/m/clip.tar.gz#model2", "s3://b/run/more.zip#more"]
     assert conf["spark.emr-serverless.driverEnv.PYSPARK_PYTHON"] == environment.PYTHON
@@ -110,8 +127,12 @@ def moto_s3(tmp_path_factory):
     from tests.fakes.aws import moto_bucket
 
     with moto_bucket("stage-bucket") as server:
-        conn = {"conn_type": "aws", "login": "testing", "password": "testing",
-                "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
+        conn = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": server.endpoint_url, "region_name": "us-east-1"},
+        }
         os.environ["AIRFLOW_CONN_STAGE_S3"] = json.dumps(conn)
         yield server
         os.environ.pop("AIRFLOW_CONN_STAGE_S3")
@@ -119,10 +140,14 @@ def moto_s3(tmp_path_factory):
 
 def stage(inputs, models, run_id):
     operator = StageSparkAppsOperator(
-        task_id="stage", jobs=["embed_text"], conn_key="s3_conn_id", scheme="s3a",
+        task_id="stage",
+        jobs=["embed_text"],
+        conn_key="s3_conn_id",
+        scheme="s3a",
         settings={"bucket": "stage-bucket", "prefix": "p", "s3_conn_id": "stage_s3", "environment": "provided"},
-        model_path=models, input_paths=inputs,
-    )  # fmt: skip
+        model_path=models,
+        input_paths=inputs,
+    )
     return operator.execute({"ti": SimpleNamespace(run_id=run_id, dag_id="d")})
 
 
@@ -148,13 +173,15 @@ def test_stage_uploads_content_addressed_once(moto_s3, tmp_path):
 
     first = stage([glob, str(covers)], [*models, None], "run-1")
     assert first["environment"] is None  # 'provided': nothing shipped
-    assert list(first["models"].values())[0].endswith("#model") and list(first["models"].values())[1].endswith("#model2")
+    assert list(first["models"].values())[0].endswith("#model") and list(first["models"].values())[1].endswith(
+        "#model2"
+    )
     assert first["rewrites"][models[0]] == "model" and first["rewrites"][models[1]] == "model2"
     dump_uri, covers_uri = first["rewrites"][glob], first["rewrites"][str(covers)]
     assert dump_uri.startswith("s3a://stage-bucket/p/inputs/") and dump_uri.endswith("/part-*.txt")
-    folder = dump_uri[len("s3a://stage-bucket/"):].rsplit("/", 1)[0]
+    folder = dump_uri[len("s3a://stage-bucket/") :].rsplit("/", 1)[0]
     assert {k for k in keys(moto_s3) if k.startswith(folder)} == {f"{folder}/part-1.txt", f"{folder}/part-2.txt"}
-    assert f"{covers_uri[len('s3a://stage-bucket/'):]}/x/c.jpg" in keys(moto_s3)
+    assert f"{covers_uri[len('s3a://stage-bucket/') :]}/x/c.jpg" in keys(moto_s3)
 
     uploaded = keys(moto_s3)
     second = stage([glob, str(covers)], [*models, None], "run-2")  # another night, same content

@@ -14,16 +14,25 @@ NEW = str(int(time.time()) - 60)
 
 
 def _labels(created: str, dag: str = "spindle_nightly_books") -> dict[str, str]:
-    return {"spindle-managed": "true", "spindle-dag": dag, "spindle-run": "manual__x",
-            "spindle-created": created, "spindle-ttl-hours": "6"}  # fmt: skip
+    return {
+        "spindle-managed": "true",
+        "spindle-dag": dag,
+        "spindle-run": "manual__x",
+        "spindle-created": created,
+        "spindle-ttl-hours": "6",
+    }
 
 
 def test_reaper_dry_run_then_delete(fake_aws, capsys):
     set_backend_settings("emr")
     set_backend_settings("emr_serverless")
     emr = fake_aws.moto.client("emr")
-    spec = {"ReleaseLabel": "emr-7.5.0", "JobFlowRole": "EMR_EC2_DefaultRole", "ServiceRole": "EMR_DefaultRole",
-            "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}}  # fmt: skip
+    spec = {
+        "ReleaseLabel": "emr-7.5.0",
+        "JobFlowRole": "EMR_EC2_DefaultRole",
+        "ServiceRole": "EMR_DefaultRole",
+        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+    }
     old = emr.run_job_flow(Name="old", Tags=[{"Key": k, "Value": v} for k, v in _labels(OLD).items()], **spec)
     new = emr.run_job_flow(Name="new", Tags=[{"Key": k, "Value": v} for k, v in _labels(NEW).items()], **spec)
     foreign = emr.run_job_flow(Name="not-ours", Tags=[{"Key": "team", "Value": "x"}], **spec)
@@ -53,8 +62,12 @@ def test_reaper_dag_scheduled_run_deletes_manual_run_does_not(fake_aws, cloud_da
     the expired job flow even with ``dry_run: true`` in its conf (scheduled runs ignore it)."""
     set_backend_settings("emr")
     emr = fake_aws.moto.client("emr")
-    spec = {"ReleaseLabel": "emr-7.5.0", "JobFlowRole": "EMR_EC2_DefaultRole", "ServiceRole": "EMR_DefaultRole",
-            "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True}}  # fmt: skip
+    spec = {
+        "ReleaseLabel": "emr-7.5.0",
+        "JobFlowRole": "EMR_EC2_DefaultRole",
+        "ServiceRole": "EMR_DefaultRole",
+        "Instances": {"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+    }
     old = emr.run_job_flow(Name="old-dag", Tags=[{"Key": k, "Value": v} for k, v in _labels(OLD).items()], **spec)
     new = emr.run_job_flow(Name="new-dag", Tags=[{"Key": k, "Value": v} for k, v in _labels(NEW).items()], **spec)
 

@@ -43,8 +43,12 @@ def test_secrets_manager_backend_and_spark_app_resolver(fake_aws, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", fake_aws.endpoint_url)
-    backend = SecretsManagerBackend(connections_prefix="airflow/connections", variables_prefix=None,
-                                    region_name="us-east-1", endpoint_url=fake_aws.endpoint_url)  # fmt: skip
+    backend = SecretsManagerBackend(
+        connections_prefix="airflow/connections",
+        variables_prefix=None,
+        region_name="us-east-1",
+        endpoint_url=fake_aws.endpoint_url,
+    )
     assert json.loads(backend.get_conn_value("spindle_sm_wh"))["password"] == CONN["password"]
 
     conn = app_secrets.get_connection("spindle_sm_wh", "aws-sm://spindle/jobs?region=us-east-1")

@@ -33,7 +33,9 @@ def test_ndcg_and_recall_match_independent_computations():
     scores[[3, 42, 160]] += 1.0  # a few relevant documents near the top
     ranked = [docs[j] for j in np.argsort(-scores)]
     truth = np.array([[1.0 if d in relevant else 0.0 for d in docs]])
-    assert evaluation.ndcg_at_k(ranked, relevant, 10) == pytest.approx(ndcg_score(truth, scores[None, :], k=10), abs=1e-12)
+    assert evaluation.ndcg_at_k(ranked, relevant, 10) == pytest.approx(
+        ndcg_score(truth, scores[None, :], k=10), abs=1e-12
+    )
     top = set(ranked[:10])
     assert evaluation.recall_at_k(ranked, relevant, 10) == len(top & relevant) / len(relevant)
     assert evaluation.ndcg_at_k(["a", "b"], {"b"}, 10) == pytest.approx(1 / math.log2(3))
@@ -65,9 +67,21 @@ def test_evaluation_command_on_a_subset_matches_independent_figures(tmp_path, ca
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"job": "embed_text", "evaluation": None}))
     results = evaluation.main(
-        ["--master", "local[2]", "--sts", str(sts), "--cranfield", str(tmp_path / "cran"), "--work",
-         str(tmp_path / "work"), "--output", str(tmp_path / "eval.json"), "--manifest", str(manifest)]
-    )  # fmt: skip
+        [
+            "--master",
+            "local[2]",
+            "--sts",
+            str(sts),
+            "--cranfield",
+            str(tmp_path / "cran"),
+            "--work",
+            str(tmp_path / "work"),
+            "--output",
+            str(tmp_path / "eval.json"),
+            "--manifest",
+            str(manifest),
+        ]
+    )
 
     table = pd.read_parquet(tmp_path / "work" / "eval_vectors.parquet")
     vectors = {i: np.asarray(v, dtype=np.float64) for i, v in zip(table["id"], table["vector"])}

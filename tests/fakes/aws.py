@@ -154,8 +154,13 @@ class MotoServer:
     def client(self, service: str):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=REGION,
-                            aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
 
     def s3_settings(self) -> S3Settings:
         return S3Settings(self.endpoint_url, region=REGION)
@@ -174,16 +179,24 @@ def moto_bucket(bucket: str) -> Iterator[MotoServer]:
 
 # --------------------------------------------------------------------------- spark-submit parsing
 _LIST_OPTIONS = {"--py-files": "py_files", "--files": "files", "--archives": "archives", "--jars": "jars"}
-_CONF_LISTS = {"spark.submit.pyFiles": "py_files", "spark.files": "files", "spark.archives": "archives",
-               "spark.jars": "jars"}  # fmt: skip
+_CONF_LISTS = {
+    "spark.submit.pyFiles": "py_files",
+    "spark.files": "files",
+    "spark.archives": "archives",
+    "spark.jars": "jars",
+}
 #: spark-submit options that are shorthands for Spark properties.
 _OPTION_PROPERTIES = {
-    "--deploy-mode": "spark.submit.deployMode", "--driver-memory": "spark.driver.memory",
-    "--driver-cores": "spark.driver.cores", "--executor-memory": "spark.executor.memory",
-    "--executor-cores": "spark.executor.cores", "--num-executors": "spark.executor.instances",
-    "--total-executor-cores": "spark.cores.max", "--queue": "spark.yarn.queue",
+    "--deploy-mode": "spark.submit.deployMode",
+    "--driver-memory": "spark.driver.memory",
+    "--driver-cores": "spark.driver.cores",
+    "--executor-memory": "spark.executor.memory",
+    "--executor-cores": "spark.executor.cores",
+    "--num-executors": "spark.executor.instances",
+    "--total-executor-cores": "spark.cores.max",
+    "--queue": "spark.yarn.queue",
     "--packages": "spark.jars.packages",
-}  # fmt: skip
+}
 _IGNORED_OPTIONS = ("--master", "--class", "--properties-file", "--repositories", "--exclude-packages")
 
 
@@ -222,12 +235,19 @@ def parse_spark_submit(argv: list[str], name: str) -> SparkJob:
 def aws_node_profile(s3: S3Settings, spark_defaults: dict[str, str] | None = None) -> NodeProfile:
     """What EMR / EMR Serverless nodes come with: S3A (and EMRFS's ``s3://``, ``s3n://``) on the
     object store, and the instance profile's credentials for boto3 (``AWS_ENDPOINT_URL``)."""
-    defaults = {**s3.s3a_defaults(), "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
-                "spark.hadoop.fs.s3n.impl": S3A_FILESYSTEM,
-                "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
-                **(spark_defaults or {})}  # fmt: skip
-    env = {"AWS_ENDPOINT_URL": s3.endpoint_url, "AWS_ACCESS_KEY_ID": s3.access_key,
-           "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": s3.region}  # fmt: skip
+    defaults = {
+        **s3.s3a_defaults(),
+        "spark.hadoop.fs.s3.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.s3n.impl": S3A_FILESYSTEM,
+        "spark.hadoop.fs.AbstractFileSystem.s3.impl": "org.apache.hadoop.fs.s3a.S3A",
+        **(spark_defaults or {}),
+    }
+    env = {
+        "AWS_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": s3.region,
+    }
     return NodeProfile(spark_defaults=defaults, env=env)
 
 
@@ -306,9 +326,18 @@ class SparkWorkRunner(threading.Thread):
     :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
     """
 
-    def __init__(self, moto: MotoServer, workdir: Path, worker_cores: int = 2, worker_memory: str = "2g",
-                 poll: float = 0.5, job_timeout: float = 600, job_env: dict[str, str] | None = None,
-                 log_upload_delay: float = 5.0, image: ClusterImage | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        moto: MotoServer,
+        workdir: Path,
+        worker_cores: int = 2,
+        worker_memory: str = "2g",
+        poll: float = 0.5,
+        job_timeout: float = 600,
+        job_env: dict[str, str] | None = None,
+        log_upload_delay: float = 5.0,
+        image: ClusterImage | None = None,
+    ) -> None:
         super().__init__(name="fake-aws-runner", daemon=True)
         self.moto = moto
         self.workdir = Path(workdir)
@@ -399,11 +428,14 @@ class SparkWorkRunner(threading.Thread):
         try:
             args = list(step.args)
             if step.jar != "command-runner.jar" or not args or args[0] != "spark-submit":
-                raise ValueError(f"this fake runs command-runner.jar spark-submit steps only, not {step.jar} {args[:1]}")
+                raise ValueError(
+                    f"this fake runs command-runner.jar spark-submit steps only, not {step.jar} {args[:1]}"
+                )
             nodes = self._ensure_cluster(cluster.id, emr_spark_defaults(getattr(cluster, "configurations", None)))
             job = parse_spark_submit(args[1:], step.name)
-            running = RunningJob(job, nodes, self.workdir / "emr" / cluster.id / step.id, self.cache, YARN,
-                                 self.job_env)  # fmt: skip
+            running = RunningJob(
+                job, nodes, self.workdir / "emr" / cluster.id / step.id, self.cache, YARN, self.job_env
+            )
             self._running[f"{cluster.id}/{step.id}"] = running
             code = running.wait(self.job_timeout)
         except Exception as err:
@@ -437,8 +469,11 @@ class SparkWorkRunner(threading.Thread):
         elif running.cluster_mode:
             self.uploads.add(step_prefix, {"stdout.gz": "", "stderr.gz": running.submit_log_text()})
             container = f"{root}/containers/{running.app_id}/{running.container_id}"
-            self.uploads.add(container, {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()},
-                             delay=self.log_upload_delay)  # fmt: skip
+            self.uploads.add(
+                container,
+                {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()},
+                delay=self.log_upload_delay,
+            )
         else:
             self.uploads.add(step_prefix, {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()})
         self.uploads.flush()
@@ -479,8 +514,9 @@ class SparkWorkRunner(threading.Thread):
             argv += [driver["entryPoint"], *driver.get("entryPointArguments", [])]
             job = parse_spark_submit(argv, run.name or run.id)
             job.properties = {**serverless_spark_defaults(run.configuration_overrides), **job.properties}
-            running = RunningJob(job, nodes, self.workdir / "serverless" / app.id / run.id, self.cache,
-                                 EMR_SERVERLESS, self.job_env)  # fmt: skip
+            running = RunningJob(
+                job, nodes, self.workdir / "serverless" / app.id / run.id, self.cache, EMR_SERVERLESS, self.job_env
+            )
             self._running[f"{app.id}/{run.id}"] = running
             code = running.wait(self.job_timeout)
             texts = {"stdout.gz": running.stdout_text(), "stderr.gz": running.stderr_text()}
@@ -495,7 +531,9 @@ class SparkWorkRunner(threading.Thread):
             run.state_details = f"Job failed: spark-submit exited with code {code}"
         run.updated_at = utcnow()
         overrides = run.configuration_overrides or {}
-        log_uri = ((overrides.get("monitoringConfiguration") or {}).get("s3MonitoringConfiguration") or {}).get("logUri")
+        log_uri = ((overrides.get("monitoringConfiguration") or {}).get("s3MonitoringConfiguration") or {}).get(
+            "logUri"
+        )
         if log_uri:
             prefix = f"{log_uri.rstrip('/')}/applications/{app.id}/jobs/{run.id}/SPARK_DRIVER"
             self.uploads.add(prefix, texts, delay=self.log_upload_delay)
@@ -504,8 +542,11 @@ class SparkWorkRunner(threading.Thread):
     def settled(self) -> bool:
         if any(t.is_alive() for t in list(self._busy.values())):
             return False
-        ended = {c.id for c in self._emr().clusters.values()
-                 if c.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")}
+        ended = {
+            c.id
+            for c in self._emr().clusters.values()
+            if c.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS")
+        }
         ended |= {i for i, a in self._serverless().applications.items() if a.state in ("STOPPED", "TERMINATED")}
         return not (ended & set(self._local))
 

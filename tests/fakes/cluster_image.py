@@ -95,10 +95,15 @@ def base_python() -> str:
 def image_digest(python: str | None = None) -> str:
     """Cache key: the pins, the connector, the base interpreter and the build format."""
     python = python or base_python()
-    version = subprocess.run([python, "-c", "import sys; print(sys.version)"], capture_output=True,
-                             text=True, check=True).stdout.strip()  # fmt: skip
-    spec = {"pins": PINS, "connector": [*CONNECTOR_SDIST, *CONNECTOR_JARS], "python": [python, version],
-            "format": BUILD_FORMAT}  # fmt: skip
+    version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    spec = {
+        "pins": PINS,
+        "connector": [*CONNECTOR_SDIST, *CONNECTOR_JARS],
+        "python": [python, version],
+        "format": BUILD_FORMAT,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,8 +134,10 @@ def _run(cmd: list[str], say: Callable[[str], None], **kwargs) -> None:
     say("$ " + " ".join(cmd))
     done = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if done.returncode != 0:
-        raise RuntimeError(f"fake cluster image build step failed ({done.returncode}): {' '.join(cmd)}\n"
-                           f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"fake cluster image build step failed ({done.returncode}): {' '.join(cmd)}\n"
+            f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
 
 
 def _build(final: Path, python: str, say: Callable[[str], None]) -> None:
@@ -141,16 +148,27 @@ def _build(final: Path, python: str, say: Callable[[str], None]) -> None:
         venv = tmp / "venv"
         _run([python, "-m", "venv", str(venv)], say)
         pins = [f"{name}=={version}" for name, version in PINS.items()]
-        _run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-              *pins], say, env=_pip_env())  # fmt: skip
+        _run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-input", "--disable-pip-version-check", *pins],
+            say,
+            env=_pip_env(),
+        )
         image = _image_at(tmp)
         _add_connector(image, tmp / "download", say)
         _smoke_test(image, say)
         shutil.rmtree(tmp / "download", ignore_errors=True)
         _relocate_scripts(venv / "bin", str(tmp), str(final))
         (tmp / "home").mkdir()
-        (tmp / "image.json").write_text(json.dumps({"pins": PINS, "connector": CONNECTOR_JARS, "python": python,
-                                                     "built_in_s": round(time.monotonic() - started, 1)}))  # fmt: skip
+        (tmp / "image.json").write_text(
+            json.dumps(
+                {
+                    "pins": PINS,
+                    "connector": CONNECTOR_JARS,
+                    "python": python,
+                    "built_in_s": round(time.monotonic() - started, 1),
+                }
+            )
+        )
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,8 +187,23 @@ def _add_connector(image: ClusterImage, download: Path, say: Callable[[str], Non
     name, version = CONNECTOR_SDIST
     jars = image.spark_home / "jars"
     download.mkdir(parents=True, exist_ok=True)
-    _run([str(image.python), "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-          "--disable-pip-version-check", "-d", str(download), f"{name}=={version}"], say, env=_pip_env())  # fmt: skip
+    _run(
+        [
+            str(image.python),
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-d",
+            str(download),
+            f"{name}=={version}",
+        ],
+        say,
+        env=_pip_env(),
+    )
     sdist = next(download.glob("*.tar.gz"))
     with tarfile.open(sdist) as archive:
         for member in archive.getmembers():

@@ -56,12 +56,23 @@ S3A_FILESYSTEM = "org.apache.hadoop.fs.s3a.S3AFileSystem"
 #: Properties that would break (or mean nothing on) the local standalone cluster: dropped after
 #: the service rules have read what they need from them.
 _STANDALONE_DROPS = ("spark.submit.deployMode", "spark.master", "spark.yarn.", "spark.emr-serverless.")
-_LIST_PROPERTIES = {"spark.submit.pyFiles": "py_files", "spark.files": "files", "spark.archives": "archives",
-                    "spark.jars": "jars"}  # fmt: skip
-_YARN_LIST_PROPERTIES = {**_LIST_PROPERTIES, "spark.yarn.dist.pyFiles": "py_files", "spark.yarn.dist.files": "files",
-                         "spark.yarn.dist.archives": "archives", "spark.yarn.dist.jars": "jars"}  # fmt: skip
-LOCAL_PATH_ERROR = ("local path {path} in {where}: a managed cluster cannot read the Airflow machine's files; "
-                    "stage it to object storage")  # fmt: skip
+_LIST_PROPERTIES = {
+    "spark.submit.pyFiles": "py_files",
+    "spark.files": "files",
+    "spark.archives": "archives",
+    "spark.jars": "jars",
+}
+_YARN_LIST_PROPERTIES = {
+    **_LIST_PROPERTIES,
+    "spark.yarn.dist.pyFiles": "py_files",
+    "spark.yarn.dist.files": "files",
+    "spark.yarn.dist.archives": "archives",
+    "spark.yarn.dist.jars": "jars",
+}
+LOCAL_PATH_ERROR = (
+    "local path {path} in {where}: a managed cluster cannot read the Airflow machine's files; "
+    "stage it to object storage"
+)
 
 
 @dataclass
@@ -142,8 +153,9 @@ class ServiceRules:
 
 
 YARN = ServiceRules("yarn", "spark.yarn.appMasterEnv.", _YARN_LIST_PROPERTIES)
-EMR_SERVERLESS = ServiceRules("emr-serverless", "spark.emr-serverless.driverEnv.", _LIST_PROPERTIES,
-                              always_cluster_mode=True)  # fmt: skip
+EMR_SERVERLESS = ServiceRules(
+    "emr-serverless", "spark.emr-serverless.driverEnv.", _LIST_PROPERTIES, always_cluster_mode=True
+)
 
 
 @dataclass
@@ -342,8 +354,9 @@ class LocalClusters:
     :param image: the managed image (default: :func:`ensure_cluster_image`, built if missing).
     """
 
-    def __init__(self, home: Path, worker_cores: int = 2, worker_memory: str = "2g",
-                 image: ClusterImage | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, home: Path, worker_cores: int = 2, worker_memory: str = "2g", image: ClusterImage | None = None
+    ) -> None:
         if str(REPO / "plugins") not in sys.path:
             sys.path.insert(0, str(REPO / "plugins"))
         from spindle.hooks.local_spark import LocalSparkClusterHook
@@ -351,8 +364,9 @@ class LocalClusters:
         self.home = Path(home)
         self.image = image or ensure_cluster_image()
         self.node_home = self.home / ".node-home"  # never a cluster id: those start alphanumeric
-        self.hook = LocalSparkClusterHook(home=str(self.home), spark_home=self.image.spark_home,
-                                          base_env=self.image.env(self.node_home))  # fmt: skip
+        self.hook = LocalSparkClusterHook(
+            home=str(self.home), spark_home=self.image.spark_home, base_env=self.image.env(self.node_home)
+        )
         self.worker_cores = worker_cores
         self.worker_memory = worker_memory
         self._nodes: dict[str, FakeClusterNodes] = {}
@@ -364,12 +378,16 @@ class LocalClusters:
         profile = profile or NodeProfile()
         self.node_home.mkdir(parents=True, exist_ok=True)
         env = self.image.env(self.node_home, profile.env)
-        hook = LocalSparkClusterHook(home=str(self.home), spark_home=self.image.spark_home, base_env=env,
-                                     spark_defaults=profile.spark_defaults)  # fmt: skip
+        hook = LocalSparkClusterHook(
+            home=str(self.home), spark_home=self.image.spark_home, base_env=env, spark_defaults=profile.spark_defaults
+        )
         local = hook.create_cluster(
-            num_workers=max(1, num_workers), worker_cores=self.worker_cores,
-            worker_memory=self.worker_memory, cluster_id_prefix=prefix, timeout=120,
-        )  # fmt: skip
+            num_workers=max(1, num_workers),
+            worker_cores=self.worker_cores,
+            worker_memory=self.worker_memory,
+            cluster_id_prefix=prefix,
+            timeout=120,
+        )
         conf_dir = hook.conf_dir(local.cluster_id) if profile.spark_defaults else None
         nodes = FakeClusterNodes(local, conf_dir, env, self.image, dict(profile.spark_defaults))
         with self._lock:
@@ -412,8 +430,14 @@ def _link(target: Path, link: Path) -> None:
     link.symlink_to(target)
 
 
-def plan_driver(job: SparkJob, effective: EffectiveJob, nodes: FakeClusterNodes, folder: Path,
-                cache: LocalizationCache, extra_env: Mapping[str, str] | None = None) -> DriverLaunch:  # fmt: skip
+def plan_driver(
+    job: SparkJob,
+    effective: EffectiveJob,
+    nodes: FakeClusterNodes,
+    folder: Path,
+    cache: LocalizationCache,
+    extra_env: Mapping[str, str] | None = None,
+) -> DriverLaunch:
     """Localize the job's resources and work out the driver's command, environment and cwd.
 
     Cluster mode: the cwd is a "container" with the archives (and files) linked under their
@@ -423,8 +447,7 @@ def plan_driver(job: SparkJob, effective: EffectiveJob, nodes: FakeClusterNodes,
     cwd = folder / ("container" if effective.cluster_mode else "master-node")
     cwd.mkdir(parents=True, exist_ok=True)
     cmd = [str(nodes.image.spark_submit), "--master", nodes.master_url, "--deploy-mode", "client", "--name", job.name]
-    conf = {**effective.properties, "spark.ui.showConsoleProgress": "false",
-            **nodes.local.submit_conf()}  # fmt: skip
+    conf = {**effective.properties, "spark.ui.showConsoleProgress": "false", **nodes.local.submit_conf()}
     for key, value in conf.items():
         cmd += ["--conf", f"{key}={value}"]
     cmd += _resource_options(effective.lists, cache, cwd, effective.cluster_mode)
@@ -436,8 +459,9 @@ def plan_driver(job: SparkJob, effective: EffectiveJob, nodes: FakeClusterNodes,
     return DriverLaunch(cmd, env, cwd)
 
 
-def _resource_options(lists: Mapping[str, Sequence[str]], cache: LocalizationCache, cwd: Path,
-                      in_container: bool) -> list[str]:  # fmt: skip
+def _resource_options(
+    lists: Mapping[str, Sequence[str]], cache: LocalizationCache, cwd: Path, in_container: bool
+) -> list[str]:
     """``--py-files``/``--files``/``--archives``/``--jars`` with node-local copies."""
     options = []
     if lists["py_files"]:
@@ -527,8 +551,15 @@ class RunningJob:
     ``client.log`` (cluster mode: the spark-submit client's YARN reports), ``command.txt``.
     """
 
-    def __init__(self, job: SparkJob, nodes: FakeClusterNodes, folder: Path, cache: LocalizationCache,
-                 rules: ServiceRules = YARN, env: Mapping[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        job: SparkJob,
+        nodes: FakeClusterNodes,
+        folder: Path,
+        cache: LocalizationCache,
+        rules: ServiceRules = YARN,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.stdout_path, self.stderr_path = self.folder / "driver.stdout", self.folder / "driver.stderr"
@@ -568,13 +599,20 @@ class RunningJob:
 
     def _start(self, launch: DriverLaunch) -> None:
         (self.folder / "command.txt").write_text(
-            f"cd {shlex.quote(str(launch.cwd))}\n" + "".join(f"{k}={shlex.quote(v)}\n" for k, v in launch.env.items())
-            + shlex.join(launch.cmd) + "\n"
-        )  # fmt: skip
+            f"cd {shlex.quote(str(launch.cwd))}\n"
+            + "".join(f"{k}={shlex.quote(v)}\n" for k, v in launch.env.items())
+            + shlex.join(launch.cmd)
+            + "\n"
+        )
         self.proc = subprocess.Popen(
-            launch.cmd, cwd=launch.cwd, env=launch.env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
+            launch.cmd,
+            cwd=launch.cwd,
+            env=launch.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         self._tee = _Tee(self.proc, self.stdout_path, self.stderr_path, self.log_path)
         self._client(f"INFO Client: Application report for {self.app_id} (state: RUNNING)")
 
@@ -594,8 +632,10 @@ class RunningJob:
         self._client(f"INFO Client: \n\t diagnostics: {reason}\n\t final status: {final}\n\t user: hadoop")
         if code != 0 and self.cluster_mode:
             with open(self.client_path, "a") as out:
-                out.write(f'Exception in thread "main" org.apache.spark.SparkException: '
-                          f"Application {self.app_id} finished with failed status\n")  # fmt: skip
+                out.write(
+                    f'Exception in thread "main" org.apache.spark.SparkException: '
+                    f"Application {self.app_id} finished with failed status\n"
+                )
 
     # ---------------------------------------------------------------- control
     def wait(self, timeout: float | None = None) -> int:

@@ -88,9 +88,20 @@ log = logging.getLogger("spindle.fakes.yandex")
 
 #: Service ids served here (those the SDK may look up for Data Proc, Lockbox, IAM...).
 SERVICE_IDS = (
-    "endpoint", "iam", "operation", "dataproc", "dataproc-manager", "lockbox", "lockbox-payload",
-    "resource-manager", "vpc", "compute", "storage-api", "logging", "log-reading",
-)  # fmt: skip
+    "endpoint",
+    "iam",
+    "operation",
+    "dataproc",
+    "dataproc-manager",
+    "lockbox",
+    "lockbox-payload",
+    "resource-manager",
+    "vpc",
+    "compute",
+    "storage-api",
+    "logging",
+    "log-reading",
+)
 _PUBLIC_SERVICES = ("/yandex.cloud.endpoint.ApiEndpointService/", "/yandex.cloud.iam.v1.IamTokenService/")
 
 
@@ -157,9 +168,14 @@ class State:
 
     def new_operation(self, description: str, metadata) -> operation_pb2.Operation:
         op = operation_pb2.Operation(
-            id=_new_id("op"), description=description, created_at=_now(), modified_at=_now(),
-            created_by="fake-user", done=False, metadata=_pack(metadata),
-        )  # fmt: skip
+            id=_new_id("op"),
+            description=description,
+            created_at=_now(),
+            modified_at=_now(),
+            created_by="fake-user",
+            done=False,
+            metadata=_pack(metadata),
+        )
         with self.lock:
             self.operations[op.id] = op
         return op
@@ -303,14 +319,23 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"Cluster with name {request.name!r} already exists")
         cluster_id = _new_id("c9q")
         proto = cluster_pb2.Cluster(
-            id=cluster_id, folder_id=request.folder_id, created_at=_now(), name=request.name,
-            description=request.description, labels=dict(request.labels),
-            config=cluster_pb2.ClusterConfig(version_id=request.config_spec.version_id or "2.1",
-                                             hadoop=request.config_spec.hadoop),
-            health=1, status=cluster_pb2.Cluster.CREATING, zone_id=request.zone_id,
-            service_account_id=request.service_account_id, bucket=request.bucket,
-            ui_proxy=request.ui_proxy, log_group_id=request.log_group_id,
-        )  # fmt: skip
+            id=cluster_id,
+            folder_id=request.folder_id,
+            created_at=_now(),
+            name=request.name,
+            description=request.description,
+            labels=dict(request.labels),
+            config=cluster_pb2.ClusterConfig(
+                version_id=request.config_spec.version_id or "2.1", hadoop=request.config_spec.hadoop
+            ),
+            health=1,
+            status=cluster_pb2.Cluster.CREATING,
+            zone_id=request.zone_id,
+            service_account_id=request.service_account_id,
+            bucket=request.bucket,
+            ui_proxy=request.ui_proxy,
+            log_group_id=request.log_group_id,
+        )
         cluster = FakeCluster(proto, list(request.config_spec.subclusters_spec))
         with self.state.lock:
             self.state.clusters[cluster_id] = cluster
@@ -329,8 +354,9 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
         try:
             if cluster.proto.name in self.fake.fail_cluster_start:  # fault knob (see YandexCloudFake)
                 raise RuntimeError("injected failure (fail_cluster_start)")
-            local = self.fake.local_clusters.start(f"fake-dataproc-{cluster.proto.id}", self._workers(cluster),
-                                                   profile=profile)  # fmt: skip
+            local = self.fake.local_clusters.start(
+                f"fake-dataproc-{cluster.proto.id}", self._workers(cluster), profile=profile
+            )
         except Exception as err:
             with self.state.lock:
                 cluster.proto.status = cluster_pb2.Cluster.ERROR
@@ -363,9 +389,10 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
             name = request.filter.split("=", 1)[1].strip().strip("\"'")
         with self.state.lock:
             clusters = [
-                c.proto for c in self.state.clusters.values()
+                c.proto
+                for c in self.state.clusters.values()
                 if c.proto.folder_id == request.folder_id and (name is None or c.proto.name == name)
-            ]  # fmt: skip
+            ]
             return cluster_service_pb2.ListClustersResponse(clusters=clusters)
 
     def Delete(self, request, context):
@@ -435,11 +462,15 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
             kind = {subcluster_pb2.Role.MASTERNODE: "m", subcluster_pb2.Role.DATANODE: "d"}.get(spec.role, "c")
             count = 1 if spec.role == subcluster_pb2.Role.MASTERNODE else spec.hosts_count
             for index in range(count):
-                hosts.append(subcluster_pb2.Host(
-                    name=f"rc1b-dataproc-{kind}-{cluster.proto.id[-8:]}{index}.mdb.yandexcloud.net",
-                    subcluster_id=f"{cluster.proto.id}-{spec.name}", health=1,
-                    compute_instance_id=_new_id("fhm"), role=spec.role,
-                ))  # fmt: skip
+                hosts.append(
+                    subcluster_pb2.Host(
+                        name=f"rc1b-dataproc-{kind}-{cluster.proto.id[-8:]}{index}.mdb.yandexcloud.net",
+                        subcluster_id=f"{cluster.proto.id}-{spec.name}",
+                        health=1,
+                        compute_instance_id=_new_id("fhm"),
+                        role=spec.role,
+                    )
+                )
         return cluster_service_pb2.ListClusterHostsResponse(hosts=hosts)
 
     def ListUILinks(self, request, context):
@@ -477,14 +508,20 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "main_python_file_uri is required")
         job_id = _new_id("c9q")
         proto = job_pb2.Job(
-            id=job_id, cluster_id=request.cluster_id, created_at=_now(), name=request.name,
-            created_by="fake-user", status=job_pb2.Job.PROVISIONING, pyspark_job=spec,
-        )  # fmt: skip
+            id=job_id,
+            cluster_id=request.cluster_id,
+            created_at=_now(),
+            name=request.name,
+            created_by="fake-user",
+            status=job_pb2.Job.PROVISIONING,
+            pyspark_job=spec,
+        )
         job = FakeJob(proto)
         with self.state.lock:
             self.state.jobs[job_id] = job
-        self.state.record("Job.Create", cluster_id=request.cluster_id, job_id=job_id, name=request.name,
-                          args=list(spec.args))  # fmt: skip
+        self.state.record(
+            "Job.Create", cluster_id=request.cluster_id, job_id=job_id, name=request.name, args=list(spec.args)
+        )
         op = self.state.new_operation(
             f"Create Data Proc job {request.name}",
             job_service_pb2.CreateJobMetadata(cluster_id=request.cluster_id, job_id=job_id),
@@ -498,10 +535,15 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             job.proto.status = job_pb2.Job.RUNNING
             job.proto.started_at.CopyFrom(_now())
         spark_job = SparkJob(
-            main=spec.main_python_file_uri, args=list(spec.args), py_files=list(spec.python_file_uris),
-            files=list(spec.file_uris), archives=list(spec.archive_uris), jars=list(spec.jar_file_uris),
-            properties=dict(spec.properties), name=job.proto.name or job.proto.id,
-        )  # fmt: skip
+            main=spec.main_python_file_uri,
+            args=list(spec.args),
+            py_files=list(spec.python_file_uris),
+            files=list(spec.file_uris),
+            archives=list(spec.archive_uris),
+            jars=list(spec.jar_file_uris),
+            properties=dict(spec.properties),
+            name=job.proto.name or job.proto.id,
+        )
         folder = self.fake.workdir / "jobs" / job.proto.id
         if cluster.nodes is None:  # stopped or deleted between Create and now
             self._finish_job(job, op_id, 1)
@@ -523,13 +565,17 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
                 job.proto.status = job_pb2.Job.DONE if code == 0 else job_pb2.Job.ERROR
             response = job_pb2.Job()
             response.CopyFrom(job.proto)
-        self.state.record("Job.Finished", job_id=job.proto.id, exit_code=code,
-                          status=job_pb2.Job.Status.Name(job.proto.status))  # fmt: skip
+        self.state.record(
+            "Job.Finished", job_id=job.proto.id, exit_code=code, status=job_pb2.Job.Status.Name(job.proto.status)
+        )
         if job.proto.status == job_pb2.Job.DONE:
             self.state.finish(op_id, response=response)
         else:
-            self.state.finish(op_id, error=f"Job {job.proto.id} failed: spark-submit exited with code {code}",
-                              code=code_pb2.FAILED_PRECONDITION)  # fmt: skip
+            self.state.finish(
+                op_id,
+                error=f"Job {job.proto.id} failed: spark-submit exited with code {code}",
+                code=code_pb2.FAILED_PRECONDITION,
+            )
         job.done.set()
 
     def _job(self, job_id: str, context) -> FakeJob:
@@ -552,9 +598,10 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             name = request.filter.split("=", 1)[1].strip().strip("\"'")
         with self.state.lock:
             jobs = [
-                j.proto for j in self.state.jobs.values()
+                j.proto
+                for j in self.state.jobs.values()
                 if j.proto.cluster_id == request.cluster_id and (name is None or j.proto.name == name)
-            ]  # fmt: skip
+            ]
             return job_service_pb2.ListJobsResponse(jobs=jobs)
 
     def ListLog(self, request, context):
@@ -576,7 +623,8 @@ class JobService(job_service_pb2_grpc.JobServiceServicer):
             job.proto.status = job_pb2.Job.CANCELLING
         op = self.state.new_operation(
             # the API's Cancel operation carries CreateJobMetadata (there is no CancelJobMetadata)
-            "Cancel job", job_service_pb2.CreateJobMetadata(cluster_id=request.cluster_id, job_id=request.job_id)
+            "Cancel job",
+            job_service_pb2.CreateJobMetadata(cluster_id=request.cluster_id, job_id=request.job_id),
         )
         self.fake.background(lambda: (job.done.wait(60), self.state.finish(op.id, response=job.proto)))
         return op
@@ -655,10 +703,13 @@ def _rest_handler(fake: YandexCloudFake, metadata: bool):
             if secret is None:
                 return self._json(404, {"code": 5, "message": f"Secret {parts[3]} not found"})
             fake.state.record("Lockbox.GetPayload", secret_id=parts[3], via="rest")
-            return self._json(200, {
-                "versionId": secret.proto.current_version.id,
-                "entries": [{"key": k, "textValue": v} for k, v in secret.entries.items()],
-            })  # fmt: skip
+            return self._json(
+                200,
+                {
+                    "versionId": secret.proto.current_version.id,
+                    "entries": [{"key": k, "textValue": v} for k, v in secret.entries.items()],
+                },
+            )
 
     return Handler
 
@@ -770,10 +821,21 @@ class YandexCloudFake:
     def add_secret(self, folder_id: str, name: str, entries: dict[str, str]) -> str:
         """A Lockbox secret with one active version holding ``entries``; returns its id."""
         secret_id = _new_id("e6q")
-        version = secret_pb2.Version(id=_new_id("e6q"), secret_id=secret_id, created_at=_now(),
-                                     status=secret_pb2.Version.ACTIVE, payload_entry_keys=list(entries))  # fmt: skip
-        proto = secret_pb2.Secret(id=secret_id, folder_id=folder_id, created_at=_now(), name=name,
-                                  status=secret_pb2.Secret.ACTIVE, current_version=version)  # fmt: skip
+        version = secret_pb2.Version(
+            id=_new_id("e6q"),
+            secret_id=secret_id,
+            created_at=_now(),
+            status=secret_pb2.Version.ACTIVE,
+            payload_entry_keys=list(entries),
+        )
+        proto = secret_pb2.Secret(
+            id=secret_id,
+            folder_id=folder_id,
+            created_at=_now(),
+            name=name,
+            status=secret_pb2.Secret.ACTIVE,
+            current_version=version,
+        )
         with self.state.lock:
             self.state.secrets[secret_id] = FakeSecret(proto, dict(entries))
         return secret_id
@@ -808,7 +870,9 @@ class YandexCloudFake:
             srv.daemon_threads = True
             threading.Thread(target=srv.serve_forever, name="fake-yc-rest", daemon=True).start()
             self._http.append(srv)
-        log.info("fake Yandex Cloud API on %s (REST %s, metadata %s)", self.endpoint, self.rest_port, self.metadata_port)
+        log.info(
+            "fake Yandex Cloud API on %s (REST %s, metadata %s)", self.endpoint, self.rest_port, self.metadata_port
+        )
         return self
 
     def stop(self) -> None:
@@ -854,8 +918,17 @@ def main(argv: list[str] | None = None) -> None:
     fake = YandexCloudFake(
         Path(args.workdir), S3Settings(args.s3_endpoint) if args.s3_endpoint else None, {args.oauth_token}
     ).start()
-    print(json.dumps({"endpoint": fake.endpoint, "roots": str(fake.certificate.cert_path),
-                      "lockbox_rest": fake.lockbox_rest_url, "metadata": fake.metadata_addr}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "endpoint": fake.endpoint,
+                "roots": str(fake.certificate.cert_path),
+                "lockbox_rest": fake.lockbox_rest_url,
+                "metadata": fake.metadata_addr,
+            }
+        ),
+        flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -32,10 +32,20 @@ _RULES = ("required", "pattern", "value", "size", "length", "unique", "map_key",
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NUMBER_RE = re.compile(r"(-?\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _TIMESTAMP_RE = re.compile(r"(\d{8}T\d{6})(?:\.(\d+))?")
-_NUMERIC_TYPES = (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
-                  FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64,
-                  FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32,
-                  FieldDescriptor.TYPE_SFIXED64, FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)  # fmt: skip
+_NUMERIC_TYPES = (
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED32,
+    FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_DOUBLE,
+    FieldDescriptor.TYPE_FLOAT,
+)
 
 
 # --------------------------------------------------------------------------- spec strings
@@ -57,8 +67,12 @@ def within(number: float, spec: str) -> bool:
     spec = spec.strip()
     if "," in spec:
         return any(number == _number(part) for part in spec.split(","))
-    for op, test in (("<=", lambda a, b: a <= b), (">=", lambda a, b: a >= b),
-                     ("<", lambda a, b: a < b), (">", lambda a, b: a > b)):  # fmt: skip
+    for op, test in (
+        ("<=", lambda a, b: a <= b),
+        (">=", lambda a, b: a >= b),
+        ("<", lambda a, b: a < b),
+        (">", lambda a, b: a > b),
+    ):
         if spec.startswith(op):
             return test(number, _number(spec[len(op) :]))
     dash = spec.find("-", 1)  # a range "A-B"; A may be negative
@@ -87,8 +101,9 @@ def _is_repeated(field: FieldDescriptor) -> bool:
 
 
 def _is_map(field: FieldDescriptor) -> bool:
-    return (field.type == FieldDescriptor.TYPE_MESSAGE and _is_repeated(field)
-            and field.message_type.GetOptions().map_entry)  # fmt: skip
+    return (
+        field.type == FieldDescriptor.TYPE_MESSAGE and _is_repeated(field) and field.message_type.GetOptions().map_entry
+    )
 
 
 def _is_unset(value) -> bool:
@@ -221,6 +236,7 @@ class ValidationInterceptor(grpc.ServerInterceptor):
             return inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(
-            checked, request_deserializer=handler.request_deserializer,
+            checked,
+            request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
-        )  # fmt: skip
+        )

@@ -22,8 +22,9 @@ def test_embedding_baselines_match_bare_encode(spark, minilm_path, sentences_df,
     from sentence_transformers import SentenceTransformer
 
     texts, rows = sentences_df
-    args = baselines.parse_args(["--approach", approach, "--input", "-", "--output", "-", "--model", minilm_path,
-                                 "--batch-size", "8"])  # fmt: skip
+    args = baselines.parse_args(
+        ["--approach", approach, "--input", "-", "--output", "-", "--model", minilm_path, "--batch-size", "8"]
+    )
     got = {r["id"]: r["vector"] for r in baselines.apply(rows, baselines.make_udf(spark, args), args).collect()}
     bare = SentenceTransformer(minilm_path, device="cpu").encode(texts, normalize_embeddings=True)
     vectors = np.array([got[f"r{i}"] for i in range(len(texts))], dtype=np.float32)
@@ -35,8 +36,9 @@ def test_llm_row_baseline_matches_batched_generate(spark, tiny_t5, sentences_df)
     from spark_apps.common import inference
 
     texts, rows = sentences_df
-    args = baselines.parse_args(["--approach", "llm-row", "--input", "-", "--output", "-", "--model", tiny_t5,
-                                 "--max-new-tokens", "4"])  # fmt: skip
+    args = baselines.parse_args(
+        ["--approach", "llm-row", "--input", "-", "--output", "-", "--model", tiny_t5, "--max-new-tokens", "4"]
+    )
     got = {r["id"]: r["label"] for r in baselines.apply(rows, baselines.make_udf(spark, args), args).collect()}
     tokenizer, model = baselines.cached_seq2seq(tiny_t5)
     prompts = [f"sentiment of the text: {t}" for t in texts]

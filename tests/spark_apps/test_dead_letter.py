@@ -122,9 +122,23 @@ def test_poison_rows_go_to_the_dead_letter_and_the_rest_is_embedded(run_job, tmp
     latest = tmp_path / "latest.json"
     metrics = run_job(
         embed_text,
-        ["--input", source, "--output", output, "--model", poison_st, "--batch-size", 4,
-         "--arrow-batch-size", 16, "--max-error-rate", 0.25, "--latest", latest],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            output,
+            "--model",
+            poison_st,
+            "--batch-size",
+            4,
+            "--arrow-batch-size",
+            16,
+            "--max-error-rate",
+            0.25,
+            "--latest",
+            latest,
+        ],
+    )
 
     dead_path = str(tmp_path / "run" / "embeddings.dead_letter.parquet")
     assert metrics["rows_in"] == len(texts)
@@ -163,8 +177,23 @@ def test_the_error_budget_fails_the_job_and_leaves_the_pointer(run_job, tmp_path
     output = tmp_path / "run" / "embeddings.parquet"
     latest = tmp_path / "latest.json"
     with pytest.raises(poison.ErrorBudgetExceeded) as raised:
-        embed_text.main([str(a) for a in ["--input", source, "--output", output, "--model", poison_st,
-                                          "--arrow-batch-size", 16, "--latest", latest]])  # fmt: skip
+        embed_text.main(
+            [
+                str(a)
+                for a in [
+                    "--input",
+                    source,
+                    "--output",
+                    output,
+                    "--model",
+                    poison_st,
+                    "--arrow-batch-size",
+                    16,
+                    "--latest",
+                    latest,
+                ]
+            ]
+        )
     message = str(raised.value)
     assert "3 of 33 rows in" in message and "0.01" in message
     assert str(tmp_path / "run" / "embeddings.dead_letter.parquet") in message
@@ -211,8 +240,12 @@ def direct_generate(model_dir, prompts, max_new_tokens, max_input_tokens):
         for prompt in prompts:
             over += len(tokenizer(prompt)["input_ids"]) > max_input_tokens
             encoded = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=max_input_tokens)
-            ids = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
-                                 max_new_tokens=max_new_tokens, do_sample=False)  # fmt: skip
+            ids = model.generate(
+                input_ids=encoded["input_ids"],
+                attention_mask=encoded["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+            )
             outputs.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
     return outputs, over
 
@@ -228,9 +261,27 @@ def test_llm_poison_rows_go_to_the_dead_letter(run_job, tmp_path, poison_t5):
     dead_path = tmp_path / "elsewhere" / "dead.parquet"
     metrics = run_job(
         llm_transform,
-        ["--input", source, "--output", output, "--model", poison_t5, "--batch-size", 4, "--arrow-batch-size", 8,
-         "--max-new-tokens", 4, "--max-input-tokens", 16, "--dead-letter", dead_path, "--max-error-rate", 0.1],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            output,
+            "--model",
+            poison_t5,
+            "--batch-size",
+            4,
+            "--arrow-batch-size",
+            8,
+            "--max-new-tokens",
+            4,
+            "--max-input-tokens",
+            16,
+            "--dead-letter",
+            dead_path,
+            "--max-error-rate",
+            0.1,
+        ],
+    )
 
     assert metrics["rows_in"] == 20 and metrics["rows_transformed"] == 18 and metrics["rows_dead_lettered"] == 2
     assert metrics["dead_letter_reasons"] == {"IndexError": 2}
@@ -254,8 +305,20 @@ def test_llm_error_budget(tmp_path, poison_t5):
     source = tmp_path / "in.jsonl"
     source.write_text("".join(json.dumps({"id": i, "text": "x～y" if i == 3 else "fine"}) + "\n" for i in range(10)))
     with pytest.raises(poison.ErrorBudgetExceeded, match=r"1 of 10 rows in \(10\.00%\)"):
-        llm_transform.main(["--input", str(source), "--output", str(tmp_path / "o.parquet"), "--model", poison_t5,
-                            "--max-new-tokens", "2", "--max-error-rate", "0.05"])  # fmt: skip
+        llm_transform.main(
+            [
+                "--input",
+                str(source),
+                "--output",
+                str(tmp_path / "o.parquet"),
+                "--model",
+                poison_t5,
+                "--max-new-tokens",
+                "2",
+                "--max-error-rate",
+                "0.05",
+            ]
+        )
     assert pd.read_parquet(tmp_path / "o.dead_letter.parquet")["id"].tolist() == [3]
 
 
@@ -267,8 +330,10 @@ def no_crop_clip(tmp_path_factory):
     from devtools.tiny_models import build_tiny_clip
     from tests.support.spark_apps import SAMPLES
 
-    out = build_tiny_clip(str(tmp_path_factory.mktemp("models") / "clip-no-crop"),
-                          vocab_path=str(SAMPLES / "clip" / "bpe_simple_vocab_16e6.txt.gz"))  # fmt: skip
+    out = build_tiny_clip(
+        str(tmp_path_factory.mktemp("models") / "clip-no-crop"),
+        vocab_path=str(SAMPLES / "clip" / "bpe_simple_vocab_16e6.txt.gz"),
+    )
     path = f"{out}/preprocessor_config.json"
     with open(path) as handle:
         config = json.load(handle)
@@ -302,9 +367,21 @@ def test_images_the_model_raises_on_are_dead_lettered(run_job, tmp_path, no_crop
     output = tmp_path / "covers.parquet"
     metrics = run_job(
         embed_images,
-        ["--input", source, "--output", output, "--model", no_crop_clip, "--images-dir", folder,
-         "--batch-size", 4, "--max-error-rate", 0.2],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            output,
+            "--model",
+            no_crop_clip,
+            "--images-dir",
+            folder,
+            "--batch-size",
+            4,
+            "--max-error-rate",
+            0.2,
+        ],
+    )
 
     assert metrics["rows_dead_lettered"] == 2 and metrics["dead_letter_reasons"] == {"ValueError": 2}
     assert metrics["images_embedded"] == 8 and metrics["images_failed"] == 1

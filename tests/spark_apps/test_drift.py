@@ -88,7 +88,9 @@ def test_pca_projection_matches_sklearn_and_plot_is_a_png(sets):
     expected = pca.transform(np.vstack([reference, current]))
     got = np.vstack([ref2, cur2])
     for axis in range(2):  # principal axes are defined up to their sign
-        assert min(np.abs(got[:, axis] - expected[:, axis]).max(), np.abs(got[:, axis] + expected[:, axis]).max()) < 1e-9
+        assert (
+            min(np.abs(got[:, axis] - expected[:, axis]).max(), np.abs(got[:, axis] + expected[:, axis]).max()) < 1e-9
+        )
     assert explained == pytest.approx(pca.explained_variance_ratio_, abs=1e-9)
 
     pytest.importorskip("matplotlib")

@@ -184,10 +184,31 @@ def test_real_covers_end_to_end_with_failures(run_job, tmp_path, tiny_clip, refe
 
     metrics = run_job(
         embed_images,
-        ["--input", source, "--output", tmp_path / "out.parquet", "--model", tiny_clip,
-         "--id-column", "book", "--image-column", "img", "--images-dir", COVERS,
-         "--batch-size", 4, "--arrow-batch-size", 4, "--timeout", 2, "--retries", 1, "--retry-backoff", 0.01],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            tmp_path / "out.parquet",
+            "--model",
+            tiny_clip,
+            "--id-column",
+            "book",
+            "--image-column",
+            "img",
+            "--images-dir",
+            COVERS,
+            "--batch-size",
+            4,
+            "--arrow-batch-size",
+            4,
+            "--timeout",
+            2,
+            "--retries",
+            1,
+            "--retry-backoff",
+            0.01,
+        ],
+    )
 
     assert metrics["rows_in"] == len(rows)
     assert metrics["rows_skipped_no_image"] == 1
@@ -252,9 +273,18 @@ def test_books_parquet_cover_ids_in_a_folder(run_job, tmp_path, tiny_clip, refer
 
     metrics = run_job(
         embed_images,
-        ["--input", tmp_path / "books.parquet", "--output", tmp_path / "out.parquet", "--model", tiny_clip,
-         "--images-dir", images_dir, "--no-warm-up"],
-    )  # fmt: skip
+        [
+            "--input",
+            tmp_path / "books.parquet",
+            "--output",
+            tmp_path / "out.parquet",
+            "--model",
+            tiny_clip,
+            "--images-dir",
+            images_dir,
+            "--no-warm-up",
+        ],
+    )
 
     assert metrics["rows_in"] == len(rows)
     assert metrics["rows_skipped_no_image"] == 1
@@ -321,10 +351,24 @@ def test_url_template_with_retries_and_timeouts(run_job, tmp_path, tiny_clip, re
     with CoverServer(files) as server:
         metrics = run_job(
             embed_images,
-            ["--input", tmp_path / "books.csv", "--output", tmp_path / "out.parquet", "--model", tiny_clip,
-             "--url-template", server.template, "--timeout", 1, "--retries", 1, "--retry-backoff", 0.01,
-             "--no-warm-up"],
-        )  # fmt: skip
+            [
+                "--input",
+                tmp_path / "books.csv",
+                "--output",
+                tmp_path / "out.parquet",
+                "--model",
+                tiny_clip,
+                "--url-template",
+                server.template,
+                "--timeout",
+                1,
+                "--retries",
+                1,
+                "--retry-backoff",
+                0.01,
+                "--no-warm-up",
+            ],
+        )
 
     assert (metrics["images_embedded"], metrics["images_failed"]) == (2, 2)
     assert metrics["failure_reasons"] == {"not_found": 1, "timeout": 1}
@@ -348,19 +392,39 @@ def test_spark_submit_with_a_shipped_model_archive(tmp_path, tiny_clip):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tiny_clip, arcname="tiny-clip")
     table = tmp_path / "covers.csv"
-    pd.DataFrame({"id": SLUGS[:2], "path": [str(COVERS / s / COVER_FILE) for s in SLUGS[:2]]}).to_csv(table, index=False)
+    pd.DataFrame({"id": SLUGS[:2], "path": [str(COVERS / s / COVER_FILE) for s in SLUGS[:2]]}).to_csv(
+        table, index=False
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SPINDLE_SECRETS_SOURCE")}
     env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     result = subprocess.run(
-        [str(Path(pyspark.__file__).parent / "bin" / "spark-submit"), "--master", "local[1]", "--conf", "spark.ui.enabled=false", "spark_apps/jobs/embed_images.py",
-         "--input", str(table), "--output", str(tmp_path / "out.parquet"), "--model", str(archive),
-         "--image-column", "path"],
-        cwd=REPO, env=env, check=False, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(Path(pyspark.__file__).parent / "bin" / "spark-submit"),
+            "--master",
+            "local[1]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "spark_apps/jobs/embed_images.py",
+            "--input",
+            str(table),
+            "--output",
+            str(tmp_path / "out.parquet"),
+            "--model",
+            str(archive),
+            "--image-column",
+            "path",
+        ],
+        cwd=REPO,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(METRICS_PREFIX)]
     assert len(lines) == 1, result.stdout
-    metrics = json.loads(lines[0][len(METRICS_PREFIX):])
+    metrics = json.loads(lines[0][len(METRICS_PREFIX) :])
     assert (metrics["images_embedded"], metrics["images_failed"]) == (2, 0)
     assert metrics["executor_model_fingerprints"] == [weights_fingerprint(tiny_clip)]
 

@@ -43,9 +43,23 @@ def test_vectors_match_bare_encode(run_job, tmp_path, minilm_path, bare_model):
 
     metrics = run_job(
         embed_text,
-        ["--input", source, "--output", tmp_path / "emb.parquet", "--model", minilm_path,
-         "--id-column", "doc", "--text-column", "body", "--batch-size", 16, "--arrow-batch-size", 50],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            tmp_path / "emb.parquet",
+            "--model",
+            minilm_path,
+            "--id-column",
+            "doc",
+            "--text-column",
+            "body",
+            "--batch-size",
+            16,
+            "--arrow-batch-size",
+            50,
+        ],
+    )
 
     assert metrics["rows_in"] == len(rows)
     assert metrics["rows_skipped_null_text"] == 1

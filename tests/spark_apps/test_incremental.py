@@ -36,10 +36,23 @@ def embed(run_job, tmp_path, minilm_path, source, version):
     pointer = tmp_path / "latest.json"
     return run_job(
         embed_text,
-        ["--input", source, "--output", tmp_path / version / "embeddings.parquet", "--model", minilm_path,
-         "--previous", pointer, "--latest", pointer, "--drift-sample", 1000,
-         "--upstream-metrics", json.dumps({"rows_read": 100, "rows_kept": 40, "rows_quarantined": 2})],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            tmp_path / version / "embeddings.parquet",
+            "--model",
+            minilm_path,
+            "--previous",
+            pointer,
+            "--latest",
+            pointer,
+            "--drift-sample",
+            1000,
+            "--upstream-metrics",
+            json.dumps({"rows_read": 100, "rows_kept": 40, "rows_quarantined": 2}),
+        ],
+    )
 
 
 def test_unchanged_input_embeds_nothing_and_a_changed_text_only_its_row(run_job, tmp_path, minilm_path, texts):
@@ -47,14 +60,28 @@ def test_unchanged_input_embeds_nothing_and_a_changed_text_only_its_row(run_job,
 
     source = write_rows(tmp_path / "texts.jsonl", texts)
     first = embed(run_job, tmp_path, minilm_path, source, "v1")
-    assert (first["rows_embedded"], first["rows_carried_over"], first["previous"], first["drift"]) == (40, 0, None, None)
+    assert (first["rows_embedded"], first["rows_carried_over"], first["previous"], first["drift"]) == (
+        40,
+        0,
+        None,
+        None,
+    )
     pointer = json.loads((tmp_path / "latest.json").read_text())
     assert pointer["embeddings"] == str(tmp_path / "v1" / "embeddings.parquet")
     assert pointer["manifest"] == str(tmp_path / "v1" / "manifest.json")
     manifest1 = json.loads((tmp_path / "v1" / "manifest.json").read_text())
-    assert manifest1["rows"] == {"read": 100, "kept": 40, "quarantined": 2, "in": 40, "skipped_null_text": 0,
-                                 "embedded": 40, "carried_over": 0, "written": 40, "dead_lettered": 0,
-                                 "truncated": 0}  # fmt: skip
+    assert manifest1["rows"] == {
+        "read": 100,
+        "kept": 40,
+        "quarantined": 2,
+        "in": 40,
+        "skipped_null_text": 0,
+        "embedded": 40,
+        "carried_over": 0,
+        "written": 40,
+        "dead_lettered": 0,
+        "truncated": 0,
+    }
     assert manifest1["model"]["name"] == "all-MiniLM-L6-v2"
     assert manifest1["model"]["fingerprint"] == first["model_fingerprint"]
     assert manifest1["input"]["files"] == 1 and manifest1["input"]["bytes"] == source.stat().st_size
@@ -108,9 +135,19 @@ def test_a_different_topic_shows_drift(run_job, tmp_path, minilm_path):
     for version, texts in (("v1", captions), ("v2", news)):
         metrics = run_job(
             embed_text,
-            ["--input", write_rows(tmp_path / f"{version}.jsonl", texts), "--output", tmp_path / version / "e.parquet",
-             "--model", minilm_path, "--previous", pointer, "--latest", pointer],
-        )  # fmt: skip
+            [
+                "--input",
+                write_rows(tmp_path / f"{version}.jsonl", texts),
+                "--output",
+                tmp_path / version / "e.parquet",
+                "--model",
+                minilm_path,
+                "--previous",
+                pointer,
+                "--latest",
+                pointer,
+            ],
+        )
     assert metrics["rows_embedded"] == 60
     assert metrics["drift"]["drift_detected"] is True
     assert metrics["drift"]["classifier_auc"] > 0.8

@@ -15,14 +15,38 @@ import pytest
 from tests.support.spark_apps import EDITIONS, METRICS_PREFIX, REPO
 
 JOBS = {
-    "prepare_books": ["--quarantine", "--languages", "--min-pages", "--subject", "--max-age-years",
-                      "--reference-year", "--limit"],
-    "embed_text": ["--id-column", "--text-column", "--model", "--model-name", "--batch-size",
-                   "--arrow-batch-size", "--partitions"],
+    "prepare_books": [
+        "--quarantine",
+        "--languages",
+        "--min-pages",
+        "--subject",
+        "--max-age-years",
+        "--reference-year",
+        "--limit",
+    ],
+    "embed_text": [
+        "--id-column",
+        "--text-column",
+        "--model",
+        "--model-name",
+        "--batch-size",
+        "--arrow-batch-size",
+        "--partitions",
+    ],
     "llm_transform": ["--model", "--prompt-template", "--max-new-tokens", "--output-column", "--batch-size"],
-    "embed_images": ["--id-column", "--cover-id-column", "--image-column", "--images-dir", "--url-template",
-                     "--model", "--timeout", "--retries", "--fetch-threads", "--batch-size"],
-}  # fmt: skip
+    "embed_images": [
+        "--id-column",
+        "--cover-id-column",
+        "--image-column",
+        "--images-dir",
+        "--url-template",
+        "--model",
+        "--timeout",
+        "--retries",
+        "--fetch-threads",
+        "--batch-size",
+    ],
+}
 COMMON = ["--master", "--input", "--output", "--warehouse-conn-id"]
 
 
@@ -37,8 +61,13 @@ def clean_env(**extra):
 def test_help(job):
     result = subprocess.run(
         [sys.executable, "-m", f"spark_apps.jobs.{job}", "--help"],
-        cwd=REPO, env=clean_env(), check=False, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        env=clean_env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: {job}")
     for option in COMMON + JOBS[job]:
@@ -54,18 +83,37 @@ def test_spark_submit_prepare_books_with_warehouse_connection(tmp_path):
     )
     spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     result = subprocess.run(
-        [str(spark_submit), "--master", "local[1]", "--conf", "spark.ui.enabled=false",
-         "spark_apps/jobs/prepare_books.py",
-         "--input", str(EDITIONS), "--output", "run1/books.parquet",
-         "--quarantine", "run1/quarantine.parquet", "--warehouse-conn-id", "wh",
-         "--max-age-years", "40", "--reference-year", "2026"],
-        cwd=REPO, env=clean_env(SPINDLE_SECRETS_SOURCE=f"file://{connections}"),
-        check=False, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            str(spark_submit),
+            "--master",
+            "local[1]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "spark_apps/jobs/prepare_books.py",
+            "--input",
+            str(EDITIONS),
+            "--output",
+            "run1/books.parquet",
+            "--quarantine",
+            "run1/quarantine.parquet",
+            "--warehouse-conn-id",
+            "wh",
+            "--max-age-years",
+            "40",
+            "--reference-year",
+            "2026",
+        ],
+        cwd=REPO,
+        env=clean_env(SPINDLE_SECRETS_SOURCE=f"file://{connections}"),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(METRICS_PREFIX)]
     assert len(lines) == 1, result.stdout
-    metrics = json.loads(lines[0][len(METRICS_PREFIX):])
+    metrics = json.loads(lines[0][len(METRICS_PREFIX) :])
     assert (metrics["rows_read"], metrics["rows_kept"], metrics["rows_quarantined"]) == (1000, 12, 0)
     assert metrics["outputs"]["books"] == str(warehouse / "run1" / "books.parquet")
     assert metrics["input"] == str(EDITIONS)  # absolute: not moved under the warehouse root

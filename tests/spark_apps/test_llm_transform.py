@@ -48,9 +48,21 @@ def test_labels_match_direct_generate(run_job, tmp_path, tiny_t5):
 
     metrics = run_job(
         llm_transform,
-        ["--input", source, "--output", tmp_path / "out.parquet", "--model", tiny_t5,
-         "--batch-size", 8, "--arrow-batch-size", 16, "--max-new-tokens", 6],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            tmp_path / "out.parquet",
+            "--model",
+            tiny_t5,
+            "--batch-size",
+            8,
+            "--arrow-batch-size",
+            16,
+            "--max-new-tokens",
+            6,
+        ],
+    )
 
     assert metrics["rows_transformed"] == len(texts)
     assert metrics["model"] == "tiny-t5"
@@ -76,9 +88,21 @@ def test_archive_model_custom_template_and_output_column(run_job, tmp_path, tiny
 
     metrics = run_job(
         llm_transform,
-        ["--input", source, "--output", tmp_path / "out.parquet", "--model", archive,
-         "--prompt-template", template, "--output-column", "answer", "--max-new-tokens", 4],
-    )  # fmt: skip
+        [
+            "--input",
+            source,
+            "--output",
+            tmp_path / "out.parquet",
+            "--model",
+            archive,
+            "--prompt-template",
+            template,
+            "--output-column",
+            "answer",
+            "--max-new-tokens",
+            4,
+        ],
+    )
 
     assert metrics["rows_transformed"] == len(texts)
     with open(f"{tiny_t5}/model.safetensors", "rb") as handle:

@@ -30,11 +30,30 @@ def test_embed_text_cli_without_env_sh(tmp_path, minilm_path):
     source = tmp_path / "texts.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = subprocess.run(
-        [sys.executable, "-m", "spark_apps.jobs.embed_text", "--master", "local[1]",
-         "--input", str(source), "--output", str(tmp_path / "emb.parquet"), "--model", minilm_path,
-         "--batch-size", "2", "--conf", "spark.ui.enabled=false"],
-        cwd=REPO, env=env, check=False, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "spark_apps.jobs.embed_text",
+            "--master",
+            "local[1]",
+            "--input",
+            str(source),
+            "--output",
+            str(tmp_path / "emb.parquet"),
+            "--model",
+            minilm_path,
+            "--batch-size",
+            "2",
+            "--conf",
+            "spark.ui.enabled=false",
+        ],
+        cwd=REPO,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith(METRICS_PREFIX)]
     assert len(lines) == 1, result.stdout

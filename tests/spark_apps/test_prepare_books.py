@@ -40,8 +40,7 @@ def reference(
             "language": any(code in languages for code in codes),
             "pages": isinstance(pages, (int, float)) and pages > min_pages,
             "subject": subject is None or any(subject in s.lower() for s in subjects),
-            "age": min_year is None
-            or (bool(match) and int(match.group(1)) >= min_year),
+            "age": min_year is None or (bool(match) and int(match.group(1)) >= min_year),
         }
         failed.update(name for name, ok in checks.items() if not ok)
         if all(checks.values()):
@@ -59,11 +58,7 @@ def expected_text(record):
     description = record.get("description")
     if isinstance(description, dict):
         description = description.get("value")
-    head = ": ".join(
-        p.strip()
-        for p in (record.get("title"), record.get("subtitle"))
-        if p and p.strip()
-    )
+    head = ": ".join(p.strip() for p in (record.get("title"), record.get("subtitle")) if p and p.strip())
     parts = [head, (description or "").strip()]
     if record.get("subjects"):
         parts.append("Subjects: " + ", ".join(record["subjects"]))
@@ -72,13 +67,18 @@ def expected_text(record):
 
 def job_args(input_path, tmp_path, *extra):
     return [
-        "--input", input_path,
-        "--output", tmp_path / "books.parquet",
-        "--quarantine", tmp_path / "quarantine.parquet",
-        "--max-age-years", MAX_AGE,
-        "--reference-year", REFERENCE_YEAR,
+        "--input",
+        input_path,
+        "--output",
+        tmp_path / "books.parquet",
+        "--quarantine",
+        tmp_path / "quarantine.parquet",
+        "--max-age-years",
+        MAX_AGE,
+        "--reference-year",
+        REFERENCE_YEAR,
         *extra,
-    ]  # fmt: skip
+    ]
 
 
 def test_counts_and_books_match_pure_python(run_job, tmp_path):
@@ -108,13 +108,9 @@ def test_counts_and_books_match_pure_python(run_job, tmp_path):
         assert book["number_of_pages"] == record["number_of_pages"]
         assert book["publish_year"] == int(YEAR.search(record["publish_date"]).group(1))
         assert list(book["subjects"]) == record["subjects"]
-        assert list(book["languages"]) == [
-            x["key"].split("/")[-1] for x in record["languages"]
-        ]
+        assert list(book["languages"]) == [x["key"].split("/")[-1] for x in record["languages"]]
         assert list(book["cover_ids"]) == [c for c in record.get("covers", []) if c > 0]
-        assert list(book["author_keys"]) == [
-            a["key"] for a in record.get("authors", [])
-        ]
+        assert list(book["author_keys"]) == [a["key"] for a in record.get("authors", [])]
         assert list(book["work_keys"]) == [w["key"] for w in record.get("works", [])]
         assert book["text"] == expected_text(record)
 
@@ -143,32 +139,26 @@ def _broken_lines(good_line):
 def test_quarantine_and_description_forms(run_job, tmp_path):
     lines = sample_lines()[:200]
     kept, _ = reference(lines)
-    with_object = next(
-        k for k, r in kept.items() if isinstance(r.get("description"), dict)
-    )
-    source_line = next(
-        x for x in lines if json.loads(x.split("\t")[4])["key"] == with_object
-    )
+    with_object = next(k for k, r in kept.items() if isinstance(r.get("description"), dict))
+    source_line = next(x for x in lines if json.loads(x.split("\t")[4])["key"] == with_object)
     columns = source_line.split("\t")
     record = json.loads(columns[4])
-    as_string = dict(
-        record, key=with_object + "-s", description="  A plain string description.  "
-    )
+    as_string = dict(record, key=with_object + "-s", description="  A plain string description.  ")
     string_line = "\t".join(columns[:4] + [json.dumps(as_string)])
     broken = _broken_lines(source_line)
     path = tmp_path / "editions.txt"
-    path.write_text(
-        "\n".join(lines[:100] + [b[0] for b in broken] + lines[100:] + [string_line])
-        + "\n"
-    )
+    path.write_text("\n".join(lines[:100] + [b[0] for b in broken] + lines[100:] + [string_line]) + "\n")
 
     metrics = run_job(prepare_books, job_args(path, tmp_path))
 
     assert metrics["rows_read"] == len(lines) + len(broken) + 1
     assert metrics["rows_quarantined"] == len(broken)
     assert metrics["quarantine_reasons"] == {
-        "bad_json": 1, "column_count": 2, "missing_key": 1, "wrong_type": 2,
-    }  # fmt: skip
+        "bad_json": 1,
+        "column_count": 2,
+        "missing_key": 1,
+        "wrong_type": 2,
+    }
     assert metrics["rows_kept"] == len(kept) + 1
     quarantine = pd.read_parquet(tmp_path / "quarantine.parquet")
     got = sorted(
@@ -182,9 +172,7 @@ def test_quarantine_and_description_forms(run_job, tmp_path):
     assert all(quarantine["source_file"].str.endswith("editions.txt"))
 
     books = pd.read_parquet(tmp_path / "books.parquet").set_index("id")
-    assert (
-        books.loc[with_object, "description"] == record["description"]["value"].strip()
-    )
+    assert books.loc[with_object, "description"] == record["description"]["value"].strip()
     assert books.loc[with_object + "-s", "description"] == "A plain string description."
     assert "A plain string description." in books.loc[with_object + "-s", "text"]
 
@@ -203,9 +191,7 @@ def test_gzip_folder_glob_and_limit(run_job, tmp_path):
 
     only_gz = run_job(prepare_books, job_args(str(folder / "*.gz"), tmp_path / "gz"))
     assert only_gz["rows_read"] == 600
-    assert sorted(pd.read_parquet(tmp_path / "gz" / "books.parquet")["id"]) == sorted(
-        reference(lines[:600])[0]
-    )
+    assert sorted(pd.read_parquet(tmp_path / "gz" / "books.parquet")["id"]) == sorted(reference(lines[:600])[0])
 
     limited = run_job(
         prepare_books,
@@ -217,14 +203,24 @@ def test_gzip_folder_glob_and_limit(run_job, tmp_path):
 
 def test_filters_are_options(run_job, tmp_path):
     lines = sample_lines()
-    kept, _ = reference(
-        lines, languages=("eng", "fre"), min_pages=300, subject=None, min_year=None
-    )
+    kept, _ = reference(lines, languages=("eng", "fre"), min_pages=300, subject=None, min_year=None)
     metrics = run_job(
         prepare_books,
-        ["--input", EDITIONS, "--output", tmp_path / "b.parquet", "--languages", "eng,fre",
-         "--min-pages", 300, "--subject", "*", "--max-age-years", "none"],
-    )  # fmt: skip
+        [
+            "--input",
+            EDITIONS,
+            "--output",
+            tmp_path / "b.parquet",
+            "--languages",
+            "eng,fre",
+            "--min-pages",
+            300,
+            "--subject",
+            "*",
+            "--max-age-years",
+            "none",
+        ],
+    )
     assert metrics["rows_kept"] == len(kept) > 12
     assert sorted(pd.read_parquet(tmp_path / "b.parquet")["id"]) == sorted(kept)
     assert (tmp_path / "b_quarantine.parquet").is_dir()  # the default quarantine path
@@ -266,14 +262,38 @@ def test_author_from_by_statement_then_from_an_authors_dump(run_job, tmp_path):
     unnamed = [r for r in records if not r.get("by_statement") and r.get("authors")][:2]
     authors_dump = tmp_path / "authors.txt"
     names = ["Jörg von Garrel", "H. Deutsch"]
-    authors_dump.write_text("".join(
-        "\t".join(["/type/author", r["authors"][0]["key"], "1", "2020-04-24T18:09:47.197943",
-                   json.dumps({"name": name, "key": r["authors"][0]["key"]})]) + "\n"
-        for r, name in zip(unnamed, names)
-    ) + "not a dump line\n", encoding="utf-8")  # fmt: skip
+    authors_dump.write_text(
+        "".join(
+            "\t".join(
+                [
+                    "/type/author",
+                    r["authors"][0]["key"],
+                    "1",
+                    "2020-04-24T18:09:47.197943",
+                    json.dumps({"name": name, "key": r["authors"][0]["key"]}),
+                ]
+            )
+            + "\n"
+            for r, name in zip(unnamed, names)
+        )
+        + "not a dump line\n",
+        encoding="utf-8",
+    )
 
-    args = ["--input", EDITIONS, "--languages", "*", "--min-pages", "none", "--subject", "*",
-            "--max-age-years", "none", "--authors", authors_dump]  # fmt: skip
+    args = [
+        "--input",
+        EDITIONS,
+        "--languages",
+        "*",
+        "--min-pages",
+        "none",
+        "--subject",
+        "*",
+        "--max-age-years",
+        "none",
+        "--authors",
+        authors_dump,
+    ]
     metrics = run_job(prepare_books, ["--output", tmp_path / "books.parquet", *args])
     books = pd.read_parquet(tmp_path / "books.parquet").set_index("id")
     assert len(books) == 1000

@@ -14,14 +14,17 @@ from spark_apps.common import cli, metrics, models, secrets
 def connections_file(tmp_path, monkeypatch):
     data = {
         "as_dict": {
-            "conn_type": "fs", "login": "user", "password": "s3cr3t!", "port": "9000",
+            "conn_type": "fs",
+            "login": "user",
+            "password": "s3cr3t!",
+            "port": "9000",
             "extra": {"root": "s3a://bucket/prefix", "endpoint_url": "http://minio:9000"},
         },
         "extra_as_string": {"conn_type": "fs", "extra": json.dumps({"root": "/data/wh"})},
         "as_uri": "aws://AKIA%2FX:p%40ss%3Aw0rd@host.example:8443/db?__extra__=%7B%22root%22%3A+%22s3a%3A%2F%2Fb%2Fw%22%7D",
         "uri_query_extra": "fs://:@/?root=%2Ftmp%2Fwh&region=eu",
         "as_list": [{"conn_type": "fs", "extra": {"root": "/x"}}],
-    }  # fmt: skip
+    }
     path = tmp_path / "connections.json"
     path.write_text(json.dumps(data))
     monkeypatch.setenv(secrets.ENV_SOURCE, f"file://{path}")

@@ -100,5 +100,8 @@ def spark_daemon_pids() -> list[str]:
     import subprocess
 
     out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if "org.apache.spark.deploy.master.Master" in line
-            or "org.apache.spark.deploy.worker.Worker" in line]  # fmt: skip
+    return [
+        line
+        for line in out.splitlines()
+        if "org.apache.spark.deploy.master.Master" in line or "org.apache.spark.deploy.worker.Worker" in line
+    ]

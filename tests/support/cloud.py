@@ -45,14 +45,24 @@ def set_backend_settings(backend: str, **overrides) -> dict:
     """Settings for a backend, pointed at the fakes (env ``AIRFLOW_VAR_SPINDLE_BACKEND_<X>``): the
     bucket is the data plane, the environment is built here and shipped, secrets come from the
     fake cloud's own secret store."""
-    base = {"bucket": BUCKET, "environment": "build", "warehouse_conn_id": WAREHOUSES[backend][0],
-            "secrets_source": SECRETS_SOURCES.get(backend, "aws-sm://unset"), "log_wait_seconds": 30}  # fmt: skip
+    base = {
+        "bucket": BUCKET,
+        "environment": "build",
+        "warehouse_conn_id": WAREHOUSES[backend][0],
+        "secrets_source": SECRETS_SOURCES.get(backend, "aws-sm://unset"),
+        "log_wait_seconds": 30,
+    }
     settings = {
-        "yandex": {**base, "folder_id": FOLDER_ID, "subnet_id": "e9bspindle", "service_account_id": "ajespindle",
-                   "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake spindle@test"]},
+        "yandex": {
+            **base,
+            "folder_id": FOLDER_ID,
+            "subnet_id": "e9bspindle",
+            "service_account_id": "ajespindle",
+            "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake spindle@test"],
+        },
         "emr": {**base, "step_poke_interval": 3},
         "emr_serverless": {**base, "execution_role_arn": "arn:aws:iam::123456789012:role/spindle", "waiter_delay": 3},
-    }[backend]  # fmt: skip
+    }[backend]
     settings.update(overrides)
     os.environ[f"AIRFLOW_VAR_SPINDLE_BACKEND_{backend.upper()}"] = json.dumps(settings)
     return settings
@@ -83,9 +93,16 @@ def run_dag_scheduled(dagbag, dag_id: str, **conf):
     session = settings.Session()
     run = scheduler_dag.create_dagrun(
         run_id=DagRun.generate_run_id(run_type=DagRunType.SCHEDULED, logical_date=now, run_after=now),
-        logical_date=now, data_interval=(now, now), run_after=now, conf=conf, run_type=DagRunType.SCHEDULED,
-        triggered_by=DagRunTriggeredByType.TIMETABLE, state=DagRunState.RUNNING, start_date=now, session=session,
-    )  # fmt: skip
+        logical_date=now,
+        data_interval=(now, now),
+        run_after=now,
+        conf=conf,
+        run_type=DagRunType.SCHEDULED,
+        triggered_by=DagRunTriggeredByType.TIMETABLE,
+        state=DagRunState.RUNNING,
+        start_date=now,
+        session=session,
+    )
     session.commit()
     while run.state == DagRunState.RUNNING:
         session.expire_all()
@@ -106,8 +123,7 @@ def run_dag_scheduled(dagbag, dag_id: str, **conf):
 
 
 def run_nightly(dagbag, backend: str, **conf):
-    return run_dag(dagbag, "spindle_nightly_books", **{"backend": backend, "limit": 300, "max_age_years": None,
-                                                       **conf})  # fmt: skip
+    return run_dag(dagbag, "spindle_nightly_books", **{"backend": backend, "limit": 300, "max_age_years": None, **conf})
 
 
 def output_uri(backend: str, dag_id: str, run_id: str, name: str) -> str:
@@ -123,8 +139,13 @@ def bucket_filesystem():
     import pyarrow.fs as pafs
 
     endpoint = json.loads(os.environ["AIRFLOW_CONN_AWS_DEFAULT"])["extra"]["endpoint_url"]
-    return pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                             endpoint_override=endpoint.split("://", 1)[1], scheme="http")  # fmt: skip
+    return pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        endpoint_override=endpoint.split("://", 1)[1],
+        scheme="http",
+    )
 
 
 def read_table(uri: str):

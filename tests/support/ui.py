@@ -237,26 +237,38 @@ class AirflowServer:
         # The lead's secrets initialiser: warehouse connection under $SPINDLE_HOME/warehouse.
         subprocess.run(
             [sys.executable, str(REPO / "scripts" / "init_local_secrets.py"), env["SPINDLE_SECRETS_DIR"]],
-            env=env, check=True, cwd=self.root,
-        )  # fmt: skip
+            env=env,
+            check=True,
+            cwd=self.root,
+        )
 
     def start(self, timeout: float = 240.0) -> None:
         self.prepare()
         env = self.env()
         with open(self.log_dir / "db-migrate.log", "wb") as out:
             subprocess.run(
-                [*airflow_command(), "db", "migrate"], env=env, cwd=self.root, stdout=out,
-                stderr=subprocess.STDOUT, check=True, timeout=300,
-            )  # fmt: skip
+                [*airflow_command(), "db", "migrate"],
+                env=env,
+                cwd=self.root,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                check=True,
+                timeout=300,
+            )
         for name in COMPONENTS:
             args = [*airflow_command(), name]
             if name == "api-server":
                 args += ["--host", "127.0.0.1", "--port", str(self.port)]
             out = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (closed by the child's exit)
             self.procs[name] = subprocess.Popen(
-                args, env=env, cwd=self.root, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                args,
+                env=env,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             out.close()
         self.wait_healthy(timeout)
 

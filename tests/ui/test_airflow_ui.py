@@ -215,9 +215,15 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     # The job did real work: books kept and embedded.
     prepared = _xcom(server, run_id, "prepare_books", "return_value")
     embedded = _xcom(server, run_id, "embed_text", "return_value")
-    record = {"run": finished, "link": href, "prepare": prepared, "embed": embedded, "retried": retried,
-              "first_try_logs": {task: _task_log_tail(server, run_id, task, attempt=1) for task in retried},
-              "spark_master_ui_screenshot": str(master_ui_shot)}  # fmt: skip
+    record = {
+        "run": finished,
+        "link": href,
+        "prepare": prepared,
+        "embed": embedded,
+        "retried": retried,
+        "first_try_logs": {task: _task_log_tail(server, run_id, task, attempt=1) for task in retried},
+        "spark_master_ui_screenshot": str(master_ui_shot),
+    }
     (artifacts / "run.json").write_text(json.dumps(record, indent=2, default=str))
     assert page.get_by_text("Success").first.is_visible()
 

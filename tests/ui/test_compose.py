@@ -24,9 +24,13 @@ COMPOSE = REPO / "docker-compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 ENTRYPOINT = REPO / "docker" / "spindle-entrypoint.sh"
 CORE_SERVICES = {
-    "postgres", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+    "postgres",
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
     "airflow-triggerer",
-}  # fmt: skip
+}
 AIRFLOW_SERVICES = CORE_SERVICES - {"postgres", "airflow-init"}
 
 
@@ -41,9 +45,14 @@ def docker_compose_config(*extra: str) -> dict:
     if binary is None:
         skip_or_fail("no docker-compose binary (apt-get install docker-compose)")
     result = subprocess.run(
-        [binary, *extra, "-f", str(COMPOSE), "config"], check=False, cwd=REPO, env=_compose_env(),
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [binary, *extra, "-f", str(COMPOSE), "config"],
+        check=False,
+        cwd=REPO,
+        env=_compose_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
 
@@ -155,9 +164,7 @@ def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements
     assert "-c /opt/spindle/constraints.txt" in text
     assert "_PIP_ADDITIONAL_REQUIREMENTS" not in _code(DOCKERFILE)
     # What the Dockerfile copies exists and is let through by .dockerignore (an allow-list).
-    allowed = {
-        line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")
-    }
+    allowed = {line[1:] for line in (REPO / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     for line in re.findall(r"^COPY (?:--\S+ )*(.+) \S+$", text, re.MULTILINE):
         for source in line.split():
             assert (REPO / source).exists(), f"COPY source {source} is missing"
@@ -166,7 +173,9 @@ def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements
 
 def _entrypoint(**env: str) -> subprocess.CompletedProcess:
     base = {"PATH": os.environ["PATH"], "SPINDLE_NEXT_ENTRYPOINT": "env"}
-    return subprocess.run(["bash", str(ENTRYPOINT)], check=False, env={**base, **env}, capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", str(ENTRYPOINT)], check=False, env={**base, **env}, capture_output=True, text=True, timeout=30
+    )
 
 
 def _exported(result: subprocess.CompletedProcess) -> dict[str, str]:

@@ -36,9 +36,7 @@ def test_trigger_with_invalid_param_is_refused(airflow_server, conf, param):
     server.api("PATCH", f"/dags/{DAG_ID}", {"is_paused": False})
     runs_before, clusters_before = _run_ids(server), _cluster_folders(server)
 
-    status, body = server.request(
-        "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf}
-    )
+    status, body = server.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
 
     assert status == 400, (status, body)
     detail = str(body.get("detail") if isinstance(body, dict) else body)

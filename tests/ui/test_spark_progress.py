@@ -34,10 +34,17 @@ class ListLog:
 
 def _stage(stage_id, status, done, total, active=0, rows=0, name="count at job.py:10"):
     return {
-        "stageId": stage_id, "attemptId": 0, "status": status, "name": name, "numTasks": total,
-        "numCompleteTasks": done, "numActiveTasks": active, "numFailedTasks": 0,
-        "inputRecords": rows, "shuffleReadRecords": 0,
-    }  # fmt: skip
+        "stageId": stage_id,
+        "attemptId": 0,
+        "status": status,
+        "name": name,
+        "numTasks": total,
+        "numCompleteTasks": done,
+        "numActiveTasks": active,
+        "numFailedTasks": 0,
+        "inputRecords": rows,
+        "shuffleReadRecords": 0,
+    }
 
 
 class FakeDriver:
@@ -119,9 +126,12 @@ def test_finds_the_driver_ui_by_port_scan_and_logs_at_a_steady_interval(driver):
     base = closed.getsockname()[1]  # a closed port below the driver's, as when 4040 is taken
     closed.close()
     poller = SparkProgressPoller(
-        log, app_id=lambda: driver.app_id, base_port=min(base, driver.port),
-        port_retries=abs(driver.port - base), interval=0.2,
-    )  # fmt: skip
+        log,
+        app_id=lambda: driver.app_id,
+        base_port=min(base, driver.port),
+        port_retries=abs(driver.port - base),
+        interval=0.2,
+    )
 
     def progress():
         return [line for line in log.lines if line.startswith("Spark progress app-")]
@@ -168,7 +178,9 @@ def test_a_driver_that_goes_away_or_never_comes_fails_nothing():
         time.sleep(0.3)  # a few polls against the closed port: none may raise
     assert poller.last is not None and poller.last.rows == 10
     log2 = ListLog()
-    with SparkProgressPoller(log2, app_id="app-x", base_port=fake.port, port_retries=0, interval=0.05, give_up_after=0.2):
+    with SparkProgressPoller(
+        log2, app_id="app-x", base_port=fake.port, port_retries=0, interval=0.05, give_up_after=0.2
+    ):
         assert wait_for(lambda: any("no driver UI of app-x found" in line for line in log2.lines))
     assert log2.lines and "no driver UI of app-x found" in log2.lines[-1]
     assert log2.lines[0].startswith("Spark progress: waiting for the driver UI of app-x")
@@ -178,7 +190,7 @@ def test_a_driver_that_goes_away_or_never_comes_fails_nothing():
 def test_progress_of_a_real_local_spark_application(tmp_path):
     """A real driver UI: a slow pandas UDF over 4 Parquet files on local[2]; the poller finds the
     UI on its own (port scan from spark.ui.port) and reports the stage's tasks and rows."""
-    pyspark = pytest.importorskip("pyspark")
+    pytest.importorskip("pyspark")
     from pyspark.sql import SparkSession
 
     with socket.socket() as sock:
@@ -197,7 +209,9 @@ def test_progress_of_a_real_local_spark_application(tmp_path):
         .getOrCreate()
     )
     try:
-        assert spark.conf.get("spark.ui.port") == str(ui_port), "getOrCreate() returned a session another test left open"
+        assert spark.conf.get("spark.ui.port") == str(ui_port), (
+            "getOrCreate() returned a session another test left open"
+        )
         assert spark.sparkContext.uiWebUrl, "the driver UI is off"
         spark.range(0, 4000, numPartitions=4).write.parquet(str(tmp_path / "rows"))
 
@@ -212,9 +226,7 @@ def test_progress_of_a_real_local_spark_application(tmp_path):
 
         df = spark.read.parquet(str(tmp_path / "rows")).mapInPandas(held, "id long")
         log = ListLog()
-        poller = SparkProgressPoller(
-            log, app_id=spark.sparkContext.applicationId, base_port=ui_port, interval=0.5
-        )
+        poller = SparkProgressPoller(log, app_id=spark.sparkContext.applicationId, base_port=ui_port, interval=0.5)
 
         def progress():
             return [line for line in log.lines if line.startswith("Spark progress local-")]

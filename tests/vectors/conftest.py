@@ -30,11 +30,16 @@ def sample_books(n: int) -> list[dict]:
         description = edition.get("description")
         description = description.get("value") if isinstance(description, dict) else description
         if edition.get("title") and description:
-            books.append({
-                "id": edition["key"], "title": edition["title"], "description": description.strip(),
-                "year": int(re.search(r"\d{4}", edition["publish_date"]).group()), "covers": edition.get("covers") or [],
-                "author_keys": [a["key"] for a in edition.get("authors", [])],
-            })  # fmt: skip
+            books.append(
+                {
+                    "id": edition["key"],
+                    "title": edition["title"],
+                    "description": description.strip(),
+                    "year": int(re.search(r"\d{4}", edition["publish_date"]).group()),
+                    "covers": edition.get("covers") or [],
+                    "author_keys": [a["key"] for a in edition.get("authors", [])],
+                }
+            )
         if len(books) == n:
             return books
     raise AssertionError(f"the sample has fewer than {n} books with a description")
@@ -62,16 +67,29 @@ def corpus(tmp_path_factory, model, model_dir):
     vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
     weights = Path(model_dir) / "model.safetensors"
     fingerprint = "sha256:" + hashlib.sha256(weights.read_bytes()).hexdigest()
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books], "title": [b["title"] for b in books],
-        "publish_year": pa.array([b["year"] for b in books], pa.int32()),
-        "cover_ids": pa.array([b["covers"] for b in books], pa.list_(pa.int64())),
-        "author_keys": [b["author_keys"] for b in books], "text": texts,
-    }), folder / "books.parquet")  # fmt: skip
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books],
-        "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
-        "model": ["all-MiniLM-L6-v2"] * len(books), "model_fingerprint": [fingerprint] * len(books),
-        "text_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts],
-    }), folder / "embeddings.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": [b["id"] for b in books],
+                "title": [b["title"] for b in books],
+                "publish_year": pa.array([b["year"] for b in books], pa.int32()),
+                "cover_ids": pa.array([b["covers"] for b in books], pa.list_(pa.int64())),
+                "author_keys": [b["author_keys"] for b in books],
+                "text": texts,
+            }
+        ),
+        folder / "books.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "id": [b["id"] for b in books],
+                "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+                "model": ["all-MiniLM-L6-v2"] * len(books),
+                "model_fingerprint": [fingerprint] * len(books),
+                "text_sha256": [hashlib.sha256(t.encode()).hexdigest() for t in texts],
+            }
+        ),
+        folder / "embeddings.parquet",
+    )
     return {"folder": folder, "books": books, "vectors": vectors, "fingerprint": fingerprint}

@@ -29,10 +29,22 @@ def context(day: int) -> dict:
 def empty_run(folder):
     """books.parquet and embeddings.parquet of a run that kept 0 books (schemas as the jobs write)."""
     folder.mkdir()
-    pq.write_table(pa.table({"id": pa.array([], pa.string()), "title": pa.array([], pa.string()),
-                             "author": pa.array([], pa.string())}), folder / "books.parquet")  # fmt: skip
-    pq.write_table(pa.table({"id": pa.array([], pa.string()), "vector": pa.array([], pa.list_(pa.float32())),
-                             "model": pa.array([], pa.string())}), folder / "embeddings.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {"id": pa.array([], pa.string()), "title": pa.array([], pa.string()), "author": pa.array([], pa.string())}
+        ),
+        folder / "books.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array([], pa.string()),
+                "vector": pa.array([], pa.list_(pa.float32())),
+                "model": pa.array([], pa.string()),
+            }
+        ),
+        folder / "embeddings.parquet",
+    )
     return folder
 
 
@@ -43,17 +55,31 @@ def test_a_run_with_no_books_skips_the_load_and_moves_no_alias(tmp_path, monkeyp
     def operator(folder, metrics=None):
         sources = [
             {"alias": "books_text", "embeddings": str(folder / "embeddings.parquet"), "model_dir": model_dir},
-            {"alias": "books_covers", "embeddings": str(folder / "covers.parquet"), "model_kind": "clip",
-             "optional": True},
-        ]  # fmt: skip
-        return LoadVectorsOperator(task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources,
-                                   books_metrics=metrics, backend="local")  # fmt: skip
+            {
+                "alias": "books_covers",
+                "embeddings": str(folder / "covers.parquet"),
+                "model_kind": "clip",
+                "optional": True,
+            },
+        ]
+        return LoadVectorsOperator(
+            task_id="load_vectors",
+            books=str(folder / "books.parquet"),
+            sources=sources,
+            books_metrics=metrics,
+            backend="local",
+        )
 
     first = operator(corpus["folder"]).execute(context(24))
     current = first["outputs"]["books_text"]
 
-    metrics = {"rows_read": 5, "rows_kept": 0, "rows_filtered_out": 5, "rows_quarantined": 0,
-               "failed_filter": {"language": 3, "pages": 4, "subject": 5, "age": 0}}  # fmt: skip
+    metrics = {
+        "rows_read": 5,
+        "rows_kept": 0,
+        "rows_filtered_out": 5,
+        "rows_quarantined": 0,
+        "failed_filter": {"language": 3, "pages": 4, "subject": 5, "age": 0},
+    }
     folder = empty_run(tmp_path / "empty")
     with pytest.raises(AirflowSkipException) as skipped:
         operator(folder, json.dumps(metrics)).execute(context(25))  # templated: the XCom as JSON
@@ -72,8 +98,10 @@ def test_a_run_with_no_books_skips_the_load_and_moves_no_alias(tmp_path, monkeyp
 
 def test_search_output_shows_names_and_leaves_out_an_empty_author_column():
     info = CollectionInfo("books_text__m__v1", {"spindle.model": "m", "spindle.version": "v1"})
-    named = [Hit(1, "/books/OL1M", 0.5, "A title", "Carole Remboldt", 1994, None),
-             Hit(2, "/books/OL2M", 0.4, "Another", None, None, None)]  # fmt: skip
+    named = [
+        Hit(1, "/books/OL1M", 0.5, "A title", "Carole Remboldt", 1994, None),
+        Hit(2, "/books/OL2M", 0.4, "Another", None, None, None),
+    ]
     text = format_hits("q", "books_text", info, named).splitlines()
     assert text[2].split() == ["rank", "score", "title", "author", "year"]
     assert "Carole Remboldt" in text[3] and "/authors/" not in "\n".join(text)

@@ -28,8 +28,10 @@ from spindle.vectors.store import MilvusVectorStore, search  # noqa: E402
 BUCKET = "spindle-vectors"
 SECRET = "vector-store-secret-never-in-xcom-42"
 N, DIM = 12, 16
-CONTEXT = {"run_id": "scheduled__2026-11-25T02:00:00+00:00",
-           "dag_run": SimpleNamespace(run_after=dt.datetime(2026, 11, 25, 2, tzinfo=dt.timezone.utc))}  # fmt: skip
+CONTEXT = {
+    "run_id": "scheduled__2026-11-25T02:00:00+00:00",
+    "dag_run": SimpleNamespace(run_after=dt.datetime(2026, 11, 25, 2, tzinfo=dt.timezone.utc)),
+}
 #: backend -> (settings as check_backend returns them, warehouse root)
 BACKENDS = {
     "yandex": ({"warehouse_conn_id": "wh_yandex", "s3_conn_id": "object_storage"}, f"s3a://{BUCKET}/warehouse"),
@@ -61,12 +63,18 @@ def put_spark_folder(moto, key: str, table: pa.Table, parts: int = 2) -> None:
 def cloud_run(moto, monkeypatch, tmp_path, request):
     """A nightly run's books and embeddings in the backend's bucket; its connections; Milvus."""
     settings, root = BACKENDS[request.param]
-    store_conn = {"conn_type": "aws", "login": "AKIDSPINDLETEST", "password": SECRET,
-                  "extra": {"endpoint_url": moto.endpoint_url, "region_name": "us-east-1"}}  # fmt: skip
+    store_conn = {
+        "conn_type": "aws",
+        "login": "AKIDSPINDLETEST",
+        "password": SECRET,
+        "extra": {"endpoint_url": moto.endpoint_url, "region_name": "us-east-1"},
+    }
     for conn_id in ("object_storage", "aws_store"):
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(store_conn))
-    monkeypatch.setenv(f"AIRFLOW_CONN_{settings['warehouse_conn_id'].upper()}",
-                       json.dumps({"conn_type": "fs", "extra": {"root": root}}))  # fmt: skip
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{settings['warehouse_conn_id'].upper()}",
+        json.dumps({"conn_type": "fs", "extra": {"root": root}}),
+    )
     monkeypatch.delenv("AIRFLOW_CONN_SPINDLE_MILVUS", raising=False)
     monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "cloud.db"))
 
@@ -75,33 +83,62 @@ def cloud_run(moto, monkeypatch, tmp_path, request):
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = [f"/books/OL{100 + i}M" for i in range(N)]
     prefix = f"{root.split('/', 3)[3]}/{RUN}"
-    put_spark_folder(moto, f"{prefix}/books.parquet", pa.table({
-        "id": ids, "title": [f"Title {i}" for i in range(N)],
-        "publish_year": pa.array(range(1990, 1990 + N), pa.int32()),
-        "cover_ids": pa.array([[5000 + i] for i in range(N)], pa.list_(pa.int64())),
-        "author_keys": [[f"/authors/OL{i}A"] for i in range(N)],
-    }))  # fmt: skip
+    put_spark_folder(
+        moto,
+        f"{prefix}/books.parquet",
+        pa.table(
+            {
+                "id": ids,
+                "title": [f"Title {i}" for i in range(N)],
+                "publish_year": pa.array(range(1990, 1990 + N), pa.int32()),
+                "cover_ids": pa.array([[5000 + i] for i in range(N)], pa.list_(pa.int64())),
+                "author_keys": [[f"/authors/OL{i}A"] for i in range(N)],
+            }
+        ),
+    )
     column = [v.tolist() for v in vectors[:-1]] + [None]  # the last text was null: no vector
-    put_spark_folder(moto, f"{prefix}/embeddings.parquet", pa.table({
-        "id": ids, "vector": pa.array(column, pa.list_(pa.float32())),
-        "model": ["all-MiniLM-L6-v2"] * N, "model_fingerprint": ["sha256:" + "ab" * 32] * N,
-        "text_sha256": [f"{i:064x}" for i in range(N)],
-    }), parts=3)  # fmt: skip
-    return {"backend": request.param, "settings": settings, "root": root, "ids": ids, "vectors": vectors,
-            "db": tmp_path / "cloud.db"}  # fmt: skip
+    put_spark_folder(
+        moto,
+        f"{prefix}/embeddings.parquet",
+        pa.table(
+            {
+                "id": ids,
+                "vector": pa.array(column, pa.list_(pa.float32())),
+                "model": ["all-MiniLM-L6-v2"] * N,
+                "model_fingerprint": ["sha256:" + "ab" * 32] * N,
+                "text_sha256": [f"{i:064x}" for i in range(N)],
+            }
+        ),
+        parts=3,
+    )
+    return {
+        "backend": request.param,
+        "settings": settings,
+        "root": root,
+        "ids": ids,
+        "vectors": vectors,
+        "db": tmp_path / "cloud.db",
+    }
 
 
 def operator(run):
     """The nightly DAG's load_vectors, with check_backend's backend and settings rendered in."""
     return LoadVectorsOperator(
-        task_id="load_vectors", books=f"{RUN}/books.parquet", backend=run["backend"], settings=run["settings"],
+        task_id="load_vectors",
+        books=f"{RUN}/books.parquet",
+        backend=run["backend"],
+        settings=run["settings"],
         sources=[
             {"alias": "books_text", "embeddings": f"{RUN}/embeddings.parquet", "model_kind": "sentence-transformers"},
-            {"alias": "books_covers", "embeddings": f"{RUN}/cover_embeddings.parquet", "model_kind": "clip",
-             "optional": True},
+            {
+                "alias": "books_covers",
+                "embeddings": f"{RUN}/cover_embeddings.parquet",
+                "model_kind": "clip",
+                "optional": True,
+            },
         ],
         batch_size=5,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize("cloud_run", sorted(BACKENDS), indirect=True)
@@ -113,9 +150,15 @@ def test_cloud_run_vectors_land_in_milvus_as_written(cloud_run, caplog, capfd):
     root, ids, vectors = cloud_run["root"], cloud_run["ids"], cloud_run["vectors"]
     text = result["loads"][0]
     assert (text["rows_read"], text["rows_upserted"], text["rows_skipped_no_vector"], text["rows_without_book"]) == (
-        N, N - 1, 1, 0)  # fmt: skip
-    assert result["loads"][1] == {"alias": "books_covers",
-                                  "skipped": f"no embeddings at {root}/{RUN}/cover_embeddings.parquet"}  # fmt: skip
+        N,
+        N - 1,
+        1,
+        0,
+    )
+    assert result["loads"][1] == {
+        "alias": "books_covers",
+        "skipped": f"no embeddings at {root}/{RUN}/cover_embeddings.parquet",
+    }
     assert SECRET not in json.dumps(result, default=str)  # the XCom
 
     with MilvusVectorStore(cloud_run["db"]) as store:
@@ -138,6 +181,9 @@ def test_a_rerun_of_the_cloud_run_upserts_into_the_same_version(cloud_run):
     first = operator(cloud_run).execute(CONTEXT)
     again = operator(cloud_run).execute(CONTEXT)
     assert again["outputs"] == first["outputs"] and again["version"] == first["version"]
-    assert again["loads"][0]["created"] is False and again["loads"][0]["previous_collection"] == first["outputs"]["books_text"]
+    assert (
+        again["loads"][0]["created"] is False
+        and again["loads"][0]["previous_collection"] == first["outputs"]["books_text"]
+    )
     with MilvusVectorStore(cloud_run["db"]) as store:
         assert store.count(first["outputs"]["books_text"]) == N - 1

@@ -25,8 +25,10 @@ from spindle.vectors.store import MilvusVectorStore  # noqa: E402
 
 TOKEN = "milvus-token-never-logged"
 #: What execute() reads from a task context: the run id and the run's time.
-CONTEXT = {"run_id": "manual__2026-11-24T00:00:00+00:00",
-           "dag_run": SimpleNamespace(run_after=dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc))}  # fmt: skip
+CONTEXT = {
+    "run_id": "manual__2026-11-24T00:00:00+00:00",
+    "dag_run": SimpleNamespace(run_after=dt.datetime(2026, 11, 24, tzinfo=dt.timezone.utc)),
+}
 
 
 def test_hook_takes_uri_and_token_from_the_connection(tmp_path, monkeypatch, caplog):
@@ -34,7 +36,12 @@ def test_hook_takes_uri_and_token_from_the_connection(tmp_path, monkeypatch, cap
     conn = {"conn_type": "generic", "login": "root", "password": TOKEN, "extra": {"uri": str(db)}}
     monkeypatch.setenv("AIRFLOW_CONN_SPINDLE_MILVUS", json.dumps(conn))
     hook = MilvusHook()
-    assert hook.endpoint() == {"uri": str(db), "token": f"root:{TOKEN}", "db_name": "", "source": "connection spindle_milvus"}
+    assert hook.endpoint() == {
+        "uri": str(db),
+        "token": f"root:{TOKEN}",
+        "db_name": "",
+        "source": "connection spindle_milvus",
+    }
     with caplog.at_level(logging.INFO), hook.get_conn() as store:
         assert store.is_lite and store.uri == str(db)
     assert str(db) in caplog.text and TOKEN not in caplog.text
@@ -56,13 +63,19 @@ def cover_parquet(corpus, path):
     books = corpus["books"]
     vectors = corpus["vectors"].tolist()
     vectors[-1] = None
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books],
-        "cover_id": pa.array([b["covers"][0] if b["covers"] else None for b in books], pa.int64()),
-        "vector": pa.array(vectors, pa.list_(pa.float32())),
-        "model": ["tiny-clip"] * len(books), "model_fingerprint": ["sha256:" + "c" * 64] * len(books),
-        "error": [None] * (len(books) - 1) + ["not_found: 404"],
-    }), path)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": [b["id"] for b in books],
+                "cover_id": pa.array([b["covers"][0] if b["covers"] else None for b in books], pa.int64()),
+                "vector": pa.array(vectors, pa.list_(pa.float32())),
+                "model": ["tiny-clip"] * len(books),
+                "model_fingerprint": ["sha256:" + "c" * 64] * len(books),
+                "error": [None] * (len(books) - 1) + ["not_found: 404"],
+            }
+        ),
+        path,
+    )
     return path
 
 
@@ -74,7 +87,9 @@ def test_operator_loads_text_and_covers_and_reports_counts(tmp_path, monkeypatch
         {"alias": "books_text", "embeddings": str(folder / "embeddings.parquet"), "model_dir": model_dir},
         {"alias": "books_covers", "embeddings": str(tmp_path / "none.parquet"), "model_kind": "clip", "optional": True},
     ]
-    operator = LoadVectorsOperator(task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources, backend="local")
+    operator = LoadVectorsOperator(
+        task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources, backend="local"
+    )
     result = operator.execute(CONTEXT)
     assert result["rows_upserted"] == n and list(result["outputs"]) == ["books_text"]
     assert result["loads"][1] == {"alias": "books_covers", "skipped": f"no embeddings at {tmp_path / 'none.parquet'}"}
@@ -101,17 +116,25 @@ def test_optional_source_without_any_vector_is_skipped(tmp_path, monkeypatch, co
     monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "none.db"))
     books, folder = corpus["books"], corpus["folder"]
     covers = tmp_path / "covers.parquet"
-    pq.write_table(pa.table({
-        "id": [b["id"] for b in books], "cover_id": pa.array([None] * len(books), pa.int64()),
-        "vector": pa.array([None] * len(books), pa.list_(pa.float32())),
-        "model": ["tiny-clip"] * len(books), "error": ["not_found: no file"] * len(books),
-    }), covers)  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": [b["id"] for b in books],
+                "cover_id": pa.array([None] * len(books), pa.int64()),
+                "vector": pa.array([None] * len(books), pa.list_(pa.float32())),
+                "model": ["tiny-clip"] * len(books),
+                "error": ["not_found: no file"] * len(books),
+            }
+        ),
+        covers,
+    )
     sources = [
         {"alias": "books_text", "embeddings": str(folder / "embeddings.parquet"), "model_dir": model_dir},
         {"alias": "books_covers", "embeddings": str(covers), "model_kind": "clip", "optional": True},
     ]
-    result = LoadVectorsOperator(task_id="t", books=str(folder / "books.parquet"), sources=sources,
-                                 backend="local").execute(CONTEXT)  # fmt: skip
+    result = LoadVectorsOperator(
+        task_id="t", books=str(folder / "books.parquet"), sources=sources, backend="local"
+    ).execute(CONTEXT)
     assert list(result["outputs"]) == ["books_text"]
     assert result["loads"][1] == {"alias": "books_covers", "skipped": f"no vector in {covers}"}
     from airflow.sdk.exceptions import AirflowFailException
@@ -148,8 +171,11 @@ def milvus_server(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     exe = Path(sys.executable).with_name("milvus-lite")
-    proc = subprocess.Popen([str(exe), "server", "--data-dir", str(tmp_path / "server"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [str(exe), "server", "--data-dir", str(tmp_path / "server"), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -170,7 +196,9 @@ def test_operator_loads_into_a_server_named_by_host_and_port(milvus_server, monk
     assert MilvusHook().endpoint()["uri"] == f"http://127.0.0.1:{milvus_server}"
     folder = corpus["folder"]
     sources = [{"alias": "books_text", "embeddings": str(folder / "embeddings.parquet")}]
-    result = LoadVectorsOperator(task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources).execute(CONTEXT)
+    result = LoadVectorsOperator(task_id="load_vectors", books=str(folder / "books.parquet"), sources=sources).execute(
+        CONTEXT
+    )
     assert result["rows_upserted"] == len(corpus["books"])
     with MilvusHook().get_conn() as store:
         assert not store.is_lite and store.count("books_text") == len(corpus["books"])

@@ -31,9 +31,15 @@ def store(tmp_path):
 
 def load(store, corpus, version="v1", model_dir=None, **kwargs):
     return load_embeddings(
-        store, corpus["folder"] / "embeddings.parquet", books_path=corpus["folder"] / "books.parquet",
-        alias="books_text", version=version, model_dir=model_dir, batch_size=3, **kwargs,
-    )  # fmt: skip
+        store,
+        corpus["folder"] / "embeddings.parquet",
+        books_path=corpus["folder"] / "books.parquet",
+        alias="books_text",
+        version=version,
+        model_dir=model_dir,
+        batch_size=3,
+        **kwargs,
+    )
 
 
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, ids: list[str], k: int):
@@ -136,14 +142,27 @@ def test_search_command_covers_mode_uses_the_clip_text_encoder(tmp_path, capsys)
     covers = sorted((REPO / "data" / "samples" / "covers").glob("*/cover_with_title_700x1050.jpg"))
     ids = [path.parent.name for path in covers]
     vectors = clip_code.encode_images(clip, [Image.open(path) for path in covers])
-    pq.write_table(pa.table({
-        "id": ids, "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
-        "model": ["tiny-clip"] * len(ids), "model_fingerprint": [fingerprint(str(clip_dir))] * len(ids),
-    }), tmp_path / "covers.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+                "model": ["tiny-clip"] * len(ids),
+                "model_fingerprint": [fingerprint(str(clip_dir))] * len(ids),
+            }
+        ),
+        tmp_path / "covers.parquet",
+    )
     db = tmp_path / "covers.db"
     with MilvusVectorStore(db) as store:
-        load_embeddings(store, tmp_path / "covers.parquet", alias="books_covers", version="v1",
-                        model_dir=str(clip_dir), model_kind="clip")  # fmt: skip
+        load_embeddings(
+            store,
+            tmp_path / "covers.parquet",
+            alias="books_covers",
+            version="v1",
+            model_dir=str(clip_dir),
+            model_kind="clip",
+        )
     query = "a whale on a dark blue sea"
     assert search_cli.main([query, "--mode", "covers", "--k", "3", "--uri", str(db), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)["hits"]

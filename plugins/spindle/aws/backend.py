@@ -31,14 +31,30 @@ EMR_SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "service_role": (str, "EMR_DefaultRole", "EMR service role"),
     "log_uri": ((str, type(None)), None, "S3 log location (default s3://<bucket>/<prefix>/logs/emr/)"),
     "step_poke_interval": ((int, float), 30, "seconds between step state checks"),
-    "bootstrap_actions": (list, [], "EMR BootstrapActions of the job flow (e.g. a script that pip-installs the "
-                          "model libraries, with environment: provided)"),
+    "bootstrap_actions": (
+        list,
+        [],
+        "EMR BootstrapActions of the job flow (e.g. a script that pip-installs the "
+        "model libraries, with environment: provided)",
+    ),
     "configurations": (list, [], "EMR Configurations of the job flow (classification/properties)"),
-    "idle_timeout_minutes": ((int, type(None)), 60, ("EMR AutoTerminationPolicy: the job flow terminates "
-                             "itself after this many idle minutes (no step running), 1 to 10080; null: no policy")),
-    "create_timeout_minutes": ((int, float), 30, ("how long create_cluster waits for the job flow to be ready "
-                               "(WAITING/RUNNING) before terminating it and failing")),
-}  # fmt: skip
+    "idle_timeout_minutes": (
+        (int, type(None)),
+        60,
+        (
+            "EMR AutoTerminationPolicy: the job flow terminates "
+            "itself after this many idle minutes (no step running), 1 to 10080; null: no policy"
+        ),
+    ),
+    "create_timeout_minutes": (
+        (int, float),
+        30,
+        (
+            "how long create_cluster waits for the job flow to be ready "
+            "(WAITING/RUNNING) before terminating it and failing"
+        ),
+    ),
+}
 
 
 def validate_emr(settings: Mapping[str, Any]) -> list[str]:
@@ -49,6 +65,7 @@ def validate_emr(settings: Mapping[str, Any]) -> list[str]:
     if settings["create_timeout_minutes"] <= 0:
         errors.append("create_timeout_minutes must be positive")
     return errors
+
 
 EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "aws_conn_id": (str, "aws_default", "AWS connection (region, credentials, endpoint_url)"),
@@ -61,14 +78,19 @@ EMR_SERVERLESS_SETTINGS: dict[str, tuple[Any, Any, str]] = {
         "S3 log location (default s3://<bucket>/<prefix>/logs/emr-serverless/)",
     ),
     "waiter_delay": (int, 30, "seconds between job state checks"),
-    "image_uri": ((str, type(None)), None, "custom image (ECR URI) of the application's workers, e.g. one with "
-                  "the model libraries (with environment: provided)"),
-}  # fmt: skip
+    "image_uri": (
+        (str, type(None)),
+        None,
+        "custom image (ECR URI) of the application's workers, e.g. one with "
+        "the model libraries (with environment: provided)",
+    ),
+}
 
 
 # --------------------------------------------------------------------------- lanes
-def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
-                   job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+def build_emr_lane(
+    check: Any, jobs: Sequence[Any], model: Any, inputs: Any, job_kwargs: Callable[[Any], dict[str, Any]]
+) -> tuple[Any, Any, Any]:
     """stage → create_cluster (job flow) → (<job>_submit → <job>) per job → delete_cluster (teardown)."""
     from airflow.sdk import XComArg
 
@@ -82,27 +104,45 @@ def build_emr_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
     from spindle.backends.lanes import lane
 
     def step(job, job_flow_id, staged, settings, kwargs):
-        submit = SpindleEmrAddStepsOperator(task_id=f"{job.task_id}_submit", job_flow_id=job_flow_id, staged=staged,
-                                            settings=settings, **kwargs)  # fmt: skip
+        submit = SpindleEmrAddStepsOperator(
+            task_id=f"{job.task_id}_submit", job_flow_id=job_flow_id, staged=staged, settings=settings, **kwargs
+        )
         watch = SpindleEmrStepSensor(
-            task_id=job.task_id, job_flow_id=job_flow_id, step_id=submit.output, settings=settings,
-            metrics_uri=XComArg(submit, key=XCOM_METRICS_URI), poke_interval=5, timeout=6 * 3600, mode="poke",
-        )  # fmt: skip
+            task_id=job.task_id,
+            job_flow_id=job_flow_id,
+            step_id=submit.output,
+            settings=settings,
+            metrics_uri=XComArg(submit, key=XCOM_METRICS_URI),
+            poke_interval=5,
+            timeout=6 * 3600,
+            mode="poke",
+        )
         submit >> watch
         return submit, watch
 
     return lane(
-        check, jobs, model, inputs, job_kwargs, storage_conn_key="aws_conn_id", scheme="s3",
+        check,
+        jobs,
+        model,
+        inputs,
+        job_kwargs,
+        storage_conn_key="aws_conn_id",
+        scheme="s3",
         create=lambda settings: SpindleEmrCreateJobFlowOperator(task_id="create_cluster", settings=settings),
         job_tasks=step,
         delete=lambda job_flow_id, settings: SpindleEmrTerminateJobFlowOperator(
-            task_id="delete_cluster", job_flow_id=job_flow_id, settings=settings, waiter_delay=5,
-            waiter_max_attempts=120),
-    )  # fmt: skip
+            task_id="delete_cluster",
+            job_flow_id=job_flow_id,
+            settings=settings,
+            waiter_delay=5,
+            waiter_max_attempts=120,
+        ),
+    )
 
 
-def build_emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
-                              job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+def build_emr_serverless_lane(
+    check: Any, jobs: Sequence[Any], model: Any, inputs: Any, job_kwargs: Callable[[Any], dict[str, Any]]
+) -> tuple[Any, Any, Any]:
     """stage → create_cluster (application) → one job run per job → delete_cluster (teardown)."""
     from spindle.aws.operators import (
         SpindleEmrServerlessCreateApplicationOperator,
@@ -112,27 +152,41 @@ def build_emr_serverless_lane(check: Any, jobs: Sequence[Any], model: Any, input
     from spindle.backends.lanes import lane
 
     def job_run(job, application_id, staged, settings, kwargs):
-        run = SpindleEmrServerlessStartJobOperator(task_id=job.task_id, application_id=application_id,
-                                                   staged=staged, settings=settings, **kwargs)  # fmt: skip
+        run = SpindleEmrServerlessStartJobOperator(
+            task_id=job.task_id, application_id=application_id, staged=staged, settings=settings, **kwargs
+        )
         return run, run
 
     return lane(
-        check, jobs, model, inputs, job_kwargs, storage_conn_key="aws_conn_id", scheme="s3",
+        check,
+        jobs,
+        model,
+        inputs,
+        job_kwargs,
+        storage_conn_key="aws_conn_id",
+        scheme="s3",
         create=lambda settings: SpindleEmrServerlessCreateApplicationOperator(
-            task_id="create_cluster", settings=settings, waiter_delay=5),
+            task_id="create_cluster", settings=settings, waiter_delay=5
+        ),
         job_tasks=job_run,
         delete=lambda application_id, settings: SpindleEmrServerlessDeleteApplicationOperator(
-            task_id="delete_cluster", application_id=application_id, settings=settings, waiter_delay=5,
-            waiter_max_attempts=120, force_stop=True),
-    )  # fmt: skip
+            task_id="delete_cluster",
+            application_id=application_id,
+            settings=settings,
+            waiter_delay=5,
+            waiter_max_attempts=120,
+            force_stop=True,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- reapers
 def _aws_client(settings: Mapping[str, Any], service: str):
     from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 
-    return AwsBaseHook(aws_conn_id=settings["aws_conn_id"], client_type=service,
-                       region_name=settings.get("region_name")).get_conn()  # fmt: skip
+    return AwsBaseHook(
+        aws_conn_id=settings["aws_conn_id"], client_type=service, region_name=settings.get("region_name")
+    ).get_conn()
 
 
 def reap_emr(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
@@ -152,8 +206,9 @@ def reap_emr(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | N
     return findings
 
 
-def reap_emr_serverless(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
-                        now: float) -> list[Any]:  # fmt: skip
+def reap_emr_serverless(
+    settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float
+) -> list[Any]:
     from spindle.backends.reaper import act_on, finding
 
     client = _aws_client(settings, "emr-serverless")
@@ -161,14 +216,14 @@ def reap_emr_serverless(settings: Mapping[str, Any], dry_run: bool, ttl_override
     for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE):
         for summary in page["applications"]:
             app = client.get_application(applicationId=summary["id"])["application"]
-            found = finding("emr_serverless", app["applicationId"], app.get("name", ""), app.get("tags", {}),
-                             now, ttl_override)  # fmt: skip
+            found = finding(
+                "emr_serverless", app["applicationId"], app.get("name", ""), app.get("tags", {}), now, ttl_override
+            )
             if found is None:
                 continue
             act_on(found, dry_run, _stop_and_delete, client, app)
             findings.append(found)
     return findings
-
 
 
 def _terminate(emr: Any, job_flow_id: str) -> None:
@@ -187,7 +242,18 @@ def _stop_and_delete(client: Any, app: Mapping[str, Any]) -> None:
     client.delete_application(applicationId=app["applicationId"])
 
 
-EMR = Backend(name="emr", title="EMR on EC2", settings=EMR_SETTINGS, build_lane=build_emr_lane, reap=reap_emr,
-              validate=validate_emr)
-EMR_SERVERLESS = Backend(name="emr_serverless", title="EMR Serverless", settings=EMR_SERVERLESS_SETTINGS,
-                         build_lane=build_emr_serverless_lane, reap=reap_emr_serverless)  # fmt: skip
+EMR = Backend(
+    name="emr",
+    title="EMR on EC2",
+    settings=EMR_SETTINGS,
+    build_lane=build_emr_lane,
+    reap=reap_emr,
+    validate=validate_emr,
+)
+EMR_SERVERLESS = Backend(
+    name="emr_serverless",
+    title="EMR Serverless",
+    settings=EMR_SERVERLESS_SETTINGS,
+    build_lane=build_emr_serverless_lane,
+    reap=reap_emr_serverless,
+)

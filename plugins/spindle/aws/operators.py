@@ -82,8 +82,9 @@ def _container_prefix(s3_client: Any, app_prefix: str, suffix: str) -> str | Non
     return None
 
 
-def wait_for_s3_logs(s3_client: Any, uri_prefix: str, wait: float, container_suffix: str | None = None,
-                     interval: float = 2.0) -> str:  # fmt: skip
+def wait_for_s3_logs(
+    s3_client: Any, uri_prefix: str, wait: float, container_suffix: str | None = None, interval: float = 2.0
+) -> str:
     """:func:`read_s3_logs` once they are there, checking every ``interval`` seconds for up to
     ``wait``: the services upload logs after the job ends. ``container_suffix``: ``uri_prefix``
     is an application's folder and the logs are in its container with this suffix."""
@@ -152,14 +153,24 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
         labels = spindle_labels(context, "emr", s["ttl_hours"])
         instances: dict[str, Any] = {
             "InstanceGroups": [
-                {"Name": "master", "Market": "ON_DEMAND", "InstanceRole": "MASTER",
-                 "InstanceType": s["instance_type"], "InstanceCount": 1},
-                {"Name": "core", "Market": "ON_DEMAND", "InstanceRole": "CORE",
-                 "InstanceType": s["instance_type"], "InstanceCount": s["core_instance_count"]},
+                {
+                    "Name": "master",
+                    "Market": "ON_DEMAND",
+                    "InstanceRole": "MASTER",
+                    "InstanceType": s["instance_type"],
+                    "InstanceCount": 1,
+                },
+                {
+                    "Name": "core",
+                    "Market": "ON_DEMAND",
+                    "InstanceRole": "CORE",
+                    "InstanceType": s["instance_type"],
+                    "InstanceCount": s["core_instance_count"],
+                },
             ],
             "KeepJobFlowAliveWhenNoSteps": True,
             "TerminationProtected": False,
-        }  # fmt: skip
+        }
         if s.get("ec2_subnet_id"):
             instances["Ec2SubnetId"] = s["ec2_subnet_id"]
         return {
@@ -174,9 +185,12 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
             "Tags": _tags(labels),
             "BootstrapActions": list(s.get("bootstrap_actions") or []),
             "Configurations": list(s.get("configurations") or []),
-            **({"AutoTerminationPolicy": {"IdleTimeout": int(s["idle_timeout_minutes"]) * 60}}
-               if s.get("idle_timeout_minutes") else {}),
-        }  # fmt: skip
+            **(
+                {"AutoTerminationPolicy": {"IdleTimeout": int(s["idle_timeout_minutes"]) * 60}}
+                if s.get("idle_timeout_minutes")
+                else {}
+            ),
+        }
 
     def execute(self, context: Any) -> str | None:
         from botocore.exceptions import WaiterError
@@ -220,15 +234,35 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
     # ends in ".json" (the incremental pointer) would be loaded as a Jinja template file.
     template_ext: Sequence[str] = ()
 
-    def __init__(self, *, job: str, staged: Any, settings: Any, job_flow_id: Any, job_args=None,
-                 application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
-                 driver_memory=None, conf=None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        job: str,
+        staged: Any,
+        settings: Any,
+        job_flow_id: Any,
+        job_args=None,
+        application_args=None,
+        executor_cores=None,
+        executor_memory=None,
+        task_cpus=None,
+        driver_memory=None,
+        conf=None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(job_flow_id=job_flow_id, **kwargs)
         self.init_spec(
-            job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
-            executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory, conf=conf,
-        )  # fmt: skip
+            job=job,
+            staged=staged,
+            settings=settings,
+            job_args=job_args,
+            application_args=application_args,
+            executor_cores=executor_cores,
+            executor_memory=executor_memory,
+            task_cpus=task_cpus,
+            driver_memory=driver_memory,
+            conf=conf,
+        )
 
     def execute(self, context: Any) -> list[str]:
         self.aws_conn_id = self.settings["aws_conn_id"]
@@ -237,13 +271,23 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
         ti = context["ti"]
         args = self.cli_args(context)
         ti.xcom_push(key=XCOM_METRICS_URI, value=self.metrics_uri)  # the step sensor reads them there
-        argv = ["spark-submit", "--deploy-mode", "cluster", "--name", f"spindle.{ti.dag_id}.{self.job}",
-                *spark_submit_args(self), self.job_uri(), *args]  # fmt: skip
-        self.steps = [{
-            "Name": f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}",
-            "ActionOnFailure": "CONTINUE",  # the DAG's teardown ends the cluster
-            "HadoopJarStep": {"Jar": "command-runner.jar", "Args": argv},
-        }]  # fmt: skip
+        argv = [
+            "spark-submit",
+            "--deploy-mode",
+            "cluster",
+            "--name",
+            f"spindle.{ti.dag_id}.{self.job}",
+            *spark_submit_args(self),
+            self.job_uri(),
+            *args,
+        ]
+        self.steps = [
+            {
+                "Name": f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}",
+                "ActionOnFailure": "CONTINUE",  # the DAG's teardown ends the cluster
+                "HadoopJarStep": {"Jar": "command-runner.jar", "Args": argv},
+            }
+        ]
         return super().execute(context)
 
 
@@ -294,8 +338,9 @@ class SpindleEmrStepSensor(EmrStepSensor):
             return
         try:
             self.log.warning("Task killed: cancelling step %s of job flow %s", step_id, self.job_flow_id)
-            response = self.hook.conn.cancel_steps(ClusterId=self.job_flow_id, StepIds=[step_id],
-                                                   StepCancellationOption="SEND_INTERRUPT")  # fmt: skip
+            response = self.hook.conn.cancel_steps(
+                ClusterId=self.job_flow_id, StepIds=[step_id], StepCancellationOption="SEND_INTERRUPT"
+            )
             self.log.info("CancelSteps: %s", response.get("CancelStepsInfoList"))
         except Exception as err:  # noqa: BLE001 - best effort, logged
             self.log.error("Could not cancel step %s of job flow %s: %s", step_id, self.job_flow_id, err)
@@ -311,9 +356,11 @@ class SpindleEmrStepSensor(EmrStepSensor):
 
     def _s3(self):
         return self.hook.get_session(region_name=self.region_name).client(
-            "s3", endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
-            config=self.hook.config, verify=self.hook.verify,
-        )  # fmt: skip
+            "s3",
+            endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
+            config=self.hook.config,
+            verify=self.hook.verify,
+        )
 
     def _copy_log(self) -> None:
         try:
@@ -368,8 +415,11 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
         self.waiter_delay = int(s.get("waiter_delay", self.waiter_delay))
         labels = spindle_labels(context, "emr_serverless", s["ttl_hours"])
         ti = context["ti"]
-        self.config = {**(self.config or {}), "name": f"spindle-{ti.dag_id}-{labels['spindle-created']}",
-                       "tags": labels}  # fmt: skip
+        self.config = {
+            **(self.config or {}),
+            "name": f"spindle-{ti.dag_id}-{labels['spindle-created']}",
+            "tags": labels,
+        }
         if s.get("image_uri"):  # workers from a custom image (e.g. one with the model libraries)
             self.config["imageConfiguration"] = {"imageUri": s["image_uri"]}
         try:
@@ -392,8 +442,12 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
         name = self.config.get("name")
         try:
             client = self.hook.conn
-            apps = [a for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE)
-                    for a in page["applications"] if a.get("name") == name]  # fmt: skip
+            apps = [
+                a
+                for page in client.get_paginator("list_applications").paginate(states=SERVERLESS_LIVE)
+                for a in page["applications"]
+                if a.get("name") == name
+            ]
             for summary in apps:
                 self.log.warning("Create failed (%s): stopping and deleting application %s", err, summary["id"])
                 app = client.get_application(applicationId=summary["id"])["application"]
@@ -421,18 +475,38 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
     template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json", "job_driver": "json"}
     operator_extra_links = (*EmrServerlessStartJobOperator.operator_extra_links, CloudConsoleLink())
 
-    def __init__(self, *, job: str, staged: Any, settings: Any, application_id: Any, job_args=None,
-                 application_args=None, executor_cores=None, executor_memory=None, task_cpus=None,
-                 driver_memory=None, conf=None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        job: str,
+        staged: Any,
+        settings: Any,
+        application_id: Any,
+        job_args=None,
+        application_args=None,
+        executor_cores=None,
+        executor_memory=None,
+        task_cpus=None,
+        driver_memory=None,
+        conf=None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("execution_role_arn", "from-settings")
         kwargs.setdefault("job_driver", {})
         kwargs.setdefault("enable_application_ui_links", True)
         super().__init__(application_id=application_id, **kwargs)
         self.init_spec(
-            job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
-            executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory, conf=conf,
-        )  # fmt: skip
+            job=job,
+            staged=staged,
+            settings=settings,
+            job_args=job_args,
+            application_args=application_args,
+            executor_cores=executor_cores,
+            executor_memory=executor_memory,
+            task_cpus=task_cpus,
+            driver_memory=driver_memory,
+            conf=conf,
+        )
         self.console_url: str | None = None
 
     def execute(self, context: Any, event: dict[str, Any] | None = None) -> Any:
@@ -446,11 +520,13 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
         self.waiter_max_attempts = max(self.waiter_max_attempts, int(6 * 3600 / max(self.waiter_delay, 1)))
         ti = context["ti"]
         self.name = f"spindle.{ti.dag_id}.{ti.task_id}.{ti.try_number}"
-        self.job_driver = {"sparkSubmit": {
-            "entryPoint": self.job_uri(),
-            "entryPointArguments": self.cli_args(context),
-            "sparkSubmitParameters": shlex.join(spark_submit_args(self, conf_style=True)),
-        }}  # fmt: skip
+        self.job_driver = {
+            "sparkSubmit": {
+                "entryPoint": self.job_uri(),
+                "entryPointArguments": self.cli_args(context),
+                "sparkSubmitParameters": shlex.join(spark_submit_args(self, conf_style=True)),
+            }
+        }
         self.log_base = _log_base(s, "emr-serverless")
         self.configuration_overrides = {
             "monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": self.log_base}}
@@ -485,9 +561,11 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
         prefix = f"{self.log_base.rstrip('/')}/applications/{self.application_id}/jobs/{run_id}/SPARK_DRIVER"
         try:
             s3 = self.hook.get_session(region_name=self.region_name).client(
-                "s3", endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
-                config=self.hook.config, verify=self.hook.verify,
-            )  # fmt: skip
+                "s3",
+                endpoint_url=self.hook.conn_config.get_service_endpoint_url("s3"),
+                config=self.hook.config,
+                verify=self.hook.verify,
+            )
             wait = float(self.settings.get("log_wait_seconds", 300))
             text = wait_for_s3_logs(s3, prefix, wait)
             if text:

@@ -85,9 +85,16 @@ class JobSpec:
     """
 
     spec_template_fields: Sequence[str] = (
-        "job_args", "application_args", "executor_cores", "executor_memory", "task_cpus",
-        "driver_memory", "staged", "settings", "conf",
-    )  # fmt: skip
+        "job_args",
+        "application_args",
+        "executor_cores",
+        "executor_memory",
+        "task_cpus",
+        "driver_memory",
+        "staged",
+        "settings",
+        "conf",
+    )
     driver_env_prefix = "spark.yarn.appMasterEnv."
 
     def init_spec(
@@ -153,8 +160,10 @@ class JobSpec:
         from spindle.pipelines import run_key
 
         staged, ti = self.staged or {}, context["ti"]
-        return (f"{staged.get('scheme', 's3')}://{staged['bucket']}/{staged['prefix']}/metrics/{ti.dag_id}/"
-                f"{run_key(ti.run_id)}/{ti.task_id}.try{ti.try_number}.json")  # fmt: skip
+        return (
+            f"{staged.get('scheme', 's3')}://{staged['bucket']}/{staged['prefix']}/metrics/{ti.dag_id}/"
+            f"{run_key(ti.run_id)}/{ti.task_id}.try{ti.try_number}.json"
+        )
 
     def model_archives(self) -> list[str]:
         """``uri#alias`` of the staged models this job's arguments name: a job ships only the
@@ -214,8 +223,12 @@ class JobSpec:
         ``spark.yarn.dist.archives``: merged, never overwritten."""
         user = self._user_properties()
         own = [self.environment_archive()] if self.environment_archive() else []
-        return _merged(own, self.model_archives(), _split_list(user.get("spark.archives", "")),
-                       _split_list(user.get("spark.yarn.dist.archives", "")))  # fmt: skip
+        return _merged(
+            own,
+            self.model_archives(),
+            _split_list(user.get("spark.archives", "")),
+            _split_list(user.get("spark.yarn.dist.archives", "")),
+        )
 
     def fetch_metrics(self, s3_conn_id: str) -> dict[str, Any]:
         self.metrics = fetch_metrics(s3_conn_id, self.metrics_uri, f"job {self.job!r}")

@@ -39,24 +39,48 @@ def settings_variable(backend: str) -> str:
 COMMON: dict[str, tuple[Any, Any, str]] = {
     "bucket": (str, _REQUIRED, "object storage bucket for the job code, environment, models, inputs and logs"),
     "prefix": (str, "spindle", "key prefix inside the bucket"),
-    "environment": (str, _REQUIRED, "where the model jobs' Python packages come from: 'build' (packed here "
-                    "from requirements-cluster.txt; the cluster's OS and Python must match this machine's), "
-                    "the s3:// URI of an archive built for the cluster image (docs/CLOUD_BACKENDS.md), or "
-                    "'provided' (the image, a bootstrap action or pip_packages has them)"),
-    "ttl_hours": ((int, float), 6, ("hours after which the reaper counts what a run created as expired "
-                   "(scheduled reaper runs delete it; manual ones report it unless dry_run=false)")),
-    "upload_inputs": (bool, True, "upload local input files to the bucket (content-addressed); false only "
-                      "when the cluster can read the input paths as given"),
-    "warehouse_conn_id": (str, "spindle_warehouse", "connection whose extra.root (an s3:// or s3a:// URI "
-                          "in the bucket) is the root of the jobs' outputs"),
-    "secrets_source": ((str, type(None)), None, "where jobs on the cluster resolve connections: "
-                       "lockbox://<secret-id>, aws-sm://<prefix>"),
+    "environment": (
+        str,
+        _REQUIRED,
+        "where the model jobs' Python packages come from: 'build' (packed here "
+        "from requirements-cluster.txt; the cluster's OS and Python must match this machine's), "
+        "the s3:// URI of an archive built for the cluster image (docs/CLOUD_BACKENDS.md), or "
+        "'provided' (the image, a bootstrap action or pip_packages has them)",
+    ),
+    "ttl_hours": (
+        (int, float),
+        6,
+        (
+            "hours after which the reaper counts what a run created as expired "
+            "(scheduled reaper runs delete it; manual ones report it unless dry_run=false)"
+        ),
+    ),
+    "upload_inputs": (
+        bool,
+        True,
+        "upload local input files to the bucket (content-addressed); false only "
+        "when the cluster can read the input paths as given",
+    ),
+    "warehouse_conn_id": (
+        str,
+        "spindle_warehouse",
+        "connection whose extra.root (an s3:// or s3a:// URI in the bucket) is the root of the jobs' outputs",
+    ),
+    "secrets_source": (
+        (str, type(None)),
+        None,
+        "where jobs on the cluster resolve connections: lockbox://<secret-id>, aws-sm://<prefix>",
+    ),
     "spark_properties": (dict, {}, "extra Spark properties for every job"),
     "num_executors": ((int, type(None)), None, "spark.executor.instances"),
-    "log_wait_seconds": ((int, float), 300, "EMR and EMR Serverless: how long a job task waits for the "
-                         "service's late upload of the driver log before giving up on copying it (the "
-                         "result never depends on it)"),
-}  # fmt: skip
+    "log_wait_seconds": (
+        (int, float),
+        300,
+        "EMR and EMR Serverless: how long a job task waits for the "
+        "service's late upload of the driver log before giving up on copying it (the "
+        "result never depends on it)",
+    ),
+}
 
 
 def settings_schema(backend: str) -> dict[str, tuple[Any, Any, str]]:
@@ -70,8 +94,15 @@ class BackendConfigError(AirflowFailException):
 
 def _type_name(types: Any) -> str:
     types = types if isinstance(types, tuple) else (types,)
-    names = {"NoneType": "null", "str": "string", "int": "integer", "float": "number", "bool": "boolean",
-             "dict": "object", "list": "array"}  # fmt: skip
+    names = {
+        "NoneType": "null",
+        "str": "string",
+        "int": "integer",
+        "float": "number",
+        "bool": "boolean",
+        "dict": "object",
+        "list": "array",
+    }
     return " or ".join(names.get(t.__name__, t.__name__) for t in types)
 
 
@@ -94,9 +125,7 @@ def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
         except ValueError as err:
             raise BackendConfigError(f"backend {backend!r}: {source} is not valid JSON ({err})") from None
     if not isinstance(raw, Mapping):
-        raise BackendConfigError(
-            f"backend {backend!r}: {source} must be a JSON object, not {type(raw).__name__}"
-        )
+        raise BackendConfigError(f"backend {backend!r}: {source} must be a JSON object, not {type(raw).__name__}")
     errors, settings = [], {}
     for key in sorted(set(raw) - set(schema)):
         errors.append(f"setting {key!r} is unknown")
@@ -120,8 +149,10 @@ def validate_settings(backend: str, raw: Any, source: str) -> dict[str, Any]:
         if problem:
             errors.append(f"setting 'environment' {problem}")
         if settings["warehouse_conn_id"] and not settings["secrets_source"]:
-            errors.append("setting 'secrets_source' is missing: jobs on the cluster resolve the warehouse "
-                          f"connection {settings['warehouse_conn_id']!r} from it (lockbox://... or aws-sm://...)")
+            errors.append(
+                "setting 'secrets_source' is missing: jobs on the cluster resolve the warehouse "
+                f"connection {settings['warehouse_conn_id']!r} from it (lockbox://... or aws-sm://...)"
+            )
         errors += registry.get(backend).validate(settings)
     if errors:
         raise BackendConfigError(f"backend {backend!r}: invalid {source}: " + "; ".join(errors))
@@ -141,9 +172,7 @@ def choose_backend(param: str | None) -> tuple[str, str]:
         if value not in (None, ""):
             name = str(value).strip().lower()
             if name not in BACKENDS:
-                raise BackendConfigError(
-                    f"{source}: unknown backend {value!r} (one of {', '.join(BACKENDS)})"
-                )
+                raise BackendConfigError(f"{source}: unknown backend {value!r} (one of {', '.join(BACKENDS)})")
             return name, source
     return "local", "default"
 

@@ -44,18 +44,29 @@ BUILD, PROVIDED = "build", "provided"
 REMOTE_SCHEMES = ("s3://", "s3a://")
 
 # Not needed to run anything: C++ headers, byte code (rebuilt on import), the installer.
-_EXCLUDES = ("*/__pycache__/*", "*.pyc", "lib/python*/site-packages/torch/include/*",
-             "lib/python*/site-packages/pip/*", "lib/python*/site-packages/pip-*")  # fmt: skip
+_EXCLUDES = (
+    "*/__pycache__/*",
+    "*.pyc",
+    "lib/python*/site-packages/torch/include/*",
+    "lib/python*/site-packages/pip/*",
+    "lib/python*/site-packages/pip-*",
+)
 
 
 def check_setting(value: object) -> str | None:
     """None when ``value`` is a valid ``environment`` setting, else what is wrong with it."""
     if value in (BUILD, PROVIDED):
         return None
-    if isinstance(value, str) and value.startswith(REMOTE_SCHEMES) and value.endswith((".tar.gz", ".tgz", ".zip", ".tar")):
+    if (
+        isinstance(value, str)
+        and value.startswith(REMOTE_SCHEMES)
+        and value.endswith((".tar.gz", ".tgz", ".zip", ".tar"))
+    ):
         return None
-    return (f"must be {BUILD!r}, {PROVIDED!r} or the s3:// / s3a:// URI of a packed environment "
-            f"(.tar.gz, .tgz, .zip, .tar), not {value!r}")  # fmt: skip
+    return (
+        f"must be {BUILD!r}, {PROVIDED!r} or the s3:// / s3a:// URI of a packed environment "
+        f"(.tar.gz, .tgz, .zip, .tar), not {value!r}"
+    )
 
 
 def requirement_files(root: Path | None = None) -> tuple[Path, Path]:
@@ -101,8 +112,22 @@ def build_archive(cache: Path | None = None, log: Callable[[str], None] = print)
         _run([*pip, "-r", str(requirements), "-c", str(constraints)], log)
         packed = Path(tmp) / target.name
         excludes = [arg for pattern in _EXCLUDES for arg in ("--exclude", pattern)]
-        _run([sys.executable, "-m", "venv_pack", "--prefix", str(venv), "--output", str(packed),
-              "--compress-level", "1", "--quiet", *excludes], log)  # fmt: skip
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "venv_pack",
+                "--prefix",
+                str(venv),
+                "--output",
+                str(packed),
+                "--compress-level",
+                "1",
+                "--quiet",
+                *excludes,
+            ],
+            log,
+        )
         packed.replace(target)  # atomic: a half-built archive never carries the final name
     log(f"Built cluster environment {target} ({target.stat().st_size / 2**20:.0f} MiB)")
     return target

@@ -60,8 +60,10 @@ def check_backend() -> dict[str, Any]:
         on_check = registry.get(resolved["backend"]).on_check
         if on_check is not None:
             on_check(context, resolved["settings"])
-    print(f"Backend {resolved['backend']!r} (chosen by {resolved['chosen_by']}); settings:\n"
-          + json.dumps(resolved["settings"], indent=2, sort_keys=True))  # fmt: skip
+    print(
+        f"Backend {resolved['backend']!r} (chosen by {resolved['chosen_by']}); settings:\n"
+        + json.dumps(resolved["settings"], indent=2, sort_keys=True)
+    )
     return resolved
 
 
@@ -111,9 +113,14 @@ def lane(
 
     settings = check["settings"]
     stage = StageSparkAppsOperator(
-        task_id="stage", jobs=[j.job for j in jobs], settings=settings, conn_key=storage_conn_key,
-        scheme=scheme, model_path=model, input_paths=inputs,
-    )  # fmt: skip
+        task_id="stage",
+        jobs=[j.job for j in jobs],
+        settings=settings,
+        conn_key=storage_conn_key,
+        scheme=scheme,
+        model_path=model,
+        input_paths=inputs,
+    )
     created = create(settings)
     previous = created
     for job in jobs:

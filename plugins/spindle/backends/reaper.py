@@ -21,6 +21,7 @@ from typing import Any
 from spindle.backends import registry
 from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_TTL
 
+
 @dataclass
 class Finding:
     backend: str
@@ -35,8 +36,9 @@ class Finding:
     error: str | None = None
 
 
-def finding(backend: str, resource_id: str, name: str, labels: dict[str, str], now: float,
-            ttl_override: float | None) -> Finding | None:  # fmt: skip
+def finding(
+    backend: str, resource_id: str, name: str, labels: dict[str, str], now: float, ttl_override: float | None
+) -> Finding | None:
     """The verdict on one resource with these labels; None when Spindle did not create it."""
     if labels.get(LABEL_MANAGED) != "true":
         return None
@@ -49,8 +51,9 @@ def finding(backend: str, resource_id: str, name: str, labels: dict[str, str], n
     except ValueError:
         ttl = 6.0
     age = (now - created) / 3600 if created else float("inf")
-    return Finding(backend, resource_id, name, labels.get(LABEL_DAG, ""), labels.get(LABEL_RUN, ""),
-                   round(age, 2), ttl, age > ttl)  # fmt: skip
+    return Finding(
+        backend, resource_id, name, labels.get(LABEL_DAG, ""), labels.get(LABEL_RUN, ""), round(age, 2), ttl, age > ttl
+    )
 
 
 def act_on(found: Finding, dry_run: bool, delete: Callable[..., Any], *args: Any, verb: str = "delete") -> None:
@@ -74,8 +77,9 @@ def is_dry_run(run_type: str, requested: bool) -> bool:
     return False if getattr(run_type, "value", run_type) == "scheduled" else bool(requested)
 
 
-def reap(backends: list[str], dry_run: bool = True, ttl_hours: float | None = None,
-         now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def reap(
+    backends: list[str], dry_run: bool = True, ttl_hours: float | None = None, now: float | None = None
+) -> dict[str, Any]:
     """Run the reapers of ``backends`` whose settings exist; return the report (and print it)."""
     from airflow.sdk import Variable
 
@@ -103,8 +107,10 @@ def format_report(report: dict[str, Any]) -> str:
     if rows:
         lines.append(f"{'backend':<15} {'id':<24} {'age h':>8} {'ttl h':>6}  {'action':<16} dag / run")
         for f in rows:
-            lines.append(f"{f['backend']:<15} {f['resource_id']:<24} {f['age_hours']:>8} {f['ttl_hours']:>6}  "
-                         f"{f['action']:<16} {f['dag']} / {f['run']}" + (f"  ERROR {f['error']}" if f["error"] else ""))  # fmt: skip
+            lines.append(
+                f"{f['backend']:<15} {f['resource_id']:<24} {f['age_hours']:>8} {f['ttl_hours']:>6}  "
+                f"{f['action']:<16} {f['dag']} / {f['run']}" + (f"  ERROR {f['error']}" if f["error"] else "")
+            )
     expired = sum(1 for f in rows if f["expired"])
     lines.append(f"{len(rows)} Spindle resource(s) found, {expired} past their TTL.")
     for backend, why in report["skipped"].items():

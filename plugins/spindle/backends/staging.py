@@ -74,8 +74,17 @@ class StageSparkAppsOperator(BaseOperator):
     template_fields: Sequence[str] = ("settings", "model_path", "input_paths")
     ui_color = "#eef3e2"
 
-    def __init__(self, *, jobs: Sequence[str], settings: Any, conn_key: str, scheme: str = "s3",
-                 model_path: Any = None, input_paths: Any = None, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        jobs: Sequence[str],
+        settings: Any,
+        conn_key: str,
+        scheme: str = "s3",
+        model_path: Any = None,
+        input_paths: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.jobs = list(jobs)
         self.settings = settings
@@ -104,10 +113,16 @@ class StageSparkAppsOperator(BaseOperator):
         root = repo_root()
         code = f"{prefix}/artifacts/spark_apps/{source_hash(root)[:16]}"
         package = build_spark_apps_package(log=self.log)
-        staged: dict[str, Any] = {"bucket": bucket, "prefix": prefix, "scheme": self.scheme, "jobs": {},
-                                  "py_files": [self._put(hook, package, f"{code}/{package.name}", bucket)],
-                                  "environment": self._stage_environment(hook, bucket, prefix),
-                                  "models": {}, "rewrites": {}}  # fmt: skip
+        staged: dict[str, Any] = {
+            "bucket": bucket,
+            "prefix": prefix,
+            "scheme": self.scheme,
+            "jobs": {},
+            "py_files": [self._put(hook, package, f"{code}/{package.name}", bucket)],
+            "environment": self._stage_environment(hook, bucket, prefix),
+            "models": {},
+            "rewrites": {},
+        }
         for job in self.jobs:
             path = root / "spark_apps" / "jobs" / f"{job}.py"
             if not path.is_file():

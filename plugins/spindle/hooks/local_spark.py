@@ -316,9 +316,7 @@ class LocalSparkClusterHook(BaseHook):
             raise ClusterError(f"local Spark cluster {cluster_id!r} is {cluster.status}, not RUNNING")
         status = self._master_status(cluster.ui_url)
         if not status or status.get("status") != "ALIVE":
-            raise ClusterError(
-                f"the master of local Spark cluster {cluster_id!r} does not answer on {cluster.ui_url}"
-            )
+            raise ClusterError(f"the master of local Spark cluster {cluster_id!r} does not answer on {cluster.ui_url}")
         return cluster
 
     def master_status(self, cluster_id: str) -> dict[str, Any] | None:
@@ -422,9 +420,7 @@ class LocalSparkClusterHook(BaseHook):
                     tail = "\n".join(Path(daemon.log).read_text(errors="replace").splitlines()[-20:])
                 except OSError:
                     pass
-                raise ClusterError(
-                    f"the {daemon.role} of local Spark cluster {cluster.cluster_id} died:\n{tail}"
-                )
+                raise ClusterError(f"the {daemon.role} of local Spark cluster {cluster.cluster_id} died:\n{tail}")
 
     def _wait(self, cluster: LocalSparkCluster, what: str, ready, deadline: float) -> dict[str, Any]:
         while True:
@@ -493,14 +489,20 @@ class LocalSparkClusterHook(BaseHook):
                 port, webui = _free_port(self.host), _free_port(self.host)
                 args = [
                     WORKER_CLASS,
-                    "--host", self.host,
-                    "--port", str(port),
-                    "--webui-port", str(webui),
-                    "--cores", str(worker_cores),
-                    "--memory", memory,
-                    "--work-dir", str(folder / "work"),
+                    "--host",
+                    self.host,
+                    "--port",
+                    str(port),
+                    "--webui-port",
+                    str(webui),
+                    "--cores",
+                    str(worker_cores),
+                    "--memory",
+                    memory,
+                    "--work-dir",
+                    str(folder / "work"),
                     cluster.master_url,
-                ]  # fmt: skip
+                ]
                 cluster.workers.append(self._spawn(f"worker-{index}", args, folder, env, port, webui))
             self._write_state(cluster)
             worker_ports = {w.port for w in cluster.workers}
@@ -520,9 +522,14 @@ class LocalSparkClusterHook(BaseHook):
         self._write_state(cluster)
         self.log.info(
             "Local Spark cluster %s is up in %.1f s: master %s, UI %s, %d worker(s) x %d core(s) x %s",
-            cluster_id, time.monotonic() - started, cluster.master_url, cluster.ui_url,
-            num_workers, worker_cores, memory,
-        )  # fmt: skip
+            cluster_id,
+            time.monotonic() - started,
+            cluster.master_url,
+            cluster.ui_url,
+            num_workers,
+            worker_cores,
+            memory,
+        )
         return cluster
 
     # ----------------------------------------------------------------- delete

@@ -130,9 +130,7 @@ class SparkAppSubmitHook(SparkSubmitHook):
             return
         data = urllib.parse.urlencode({"id": self.spark_app_id, "terminate": "true"}).encode()
         try:
-            urllib.request.urlopen(
-                urllib.request.Request(f"{self.master_ui_url}/app/kill/", data=data), timeout=5
-            )
+            urllib.request.urlopen(urllib.request.Request(f"{self.master_ui_url}/app/kill/", data=data), timeout=5)
             self.log.info("Asked the master to kill application %s", self.spark_app_id)
         except OSError as err:
             self.log.info("Could not ask the master to kill application %s: %s", self.spark_app_id, err)

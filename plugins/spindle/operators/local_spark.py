@@ -60,9 +60,7 @@ class LocalSparkCreateClusterOperator(BaseOperator):
         cluster = self.hook.create_cluster(
             num_workers=int(self.num_workers),
             worker_cores=int(self.worker_cores),
-            worker_memory=int(self.worker_memory)
-            if str(self.worker_memory).isdigit()
-            else self.worker_memory,
+            worker_memory=int(self.worker_memory) if str(self.worker_memory).isdigit() else self.worker_memory,
             cluster_id_prefix=self.cluster_id_prefix,
             timeout=self.startup_timeout,
         )
@@ -103,6 +101,4 @@ class LocalSparkDeleteClusterOperator(BaseOperator):
     def execute(self, context: Any) -> bool:
         if not self.cluster_id:
             raise ValueError("cluster_id is required: pass cluster_id=create.output")
-        return LocalSparkClusterHook(home=self.cluster_home).delete_cluster(
-            str(self.cluster_id), timeout=self.timeout
-        )
+        return LocalSparkClusterHook(home=self.cluster_home).delete_cluster(str(self.cluster_id), timeout=self.timeout)

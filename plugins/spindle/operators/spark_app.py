@@ -174,9 +174,7 @@ class SparkAppJobOperator(BaseOperator):
             env["SPINDLE_SECRETS_SOURCE"] = source
         # The driver imports spark_apps from the shipped package, never from the checkout.
         repo = os.path.realpath(repo_root())
-        paths = [
-            p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.realpath(p) != repo
-        ]
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.realpath(p) != repo]
         env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
 
@@ -216,9 +214,7 @@ class SparkAppJobOperator(BaseOperator):
         cluster = LocalSparkClusterHook(home=self.cluster_home).get_running_cluster(str(self.cluster_id))
         self._register_secret_masks()
         application = self.application_path()
-        package = build_spark_apps_package(
-            Path(self.spark_apps_root) if self.spark_apps_root else None, log=self.log
-        )
+        package = build_spark_apps_package(Path(self.spark_apps_root) if self.spark_apps_root else None, log=self.log)
         ti = context["ti"]
         app_name = f"spindle.{ti.dag_id}.{ti.task_id}"
         self.spark_ui_url = cluster.ui_url
@@ -235,17 +231,18 @@ class SparkAppJobOperator(BaseOperator):
             application_args=self.build_arguments(),
             env_vars=self.build_env(),
         )
-        self.log.info(
-            "Submitting %s to cluster %s (%s)", application.name, cluster.cluster_id, cluster.master_url
-        )
+        self.log.info("Submitting %s to cluster %s (%s)", application.name, cluster.cluster_id, cluster.master_url)
         interval = default_interval() if self.progress_interval is None else float(self.progress_interval)
         try:
             if interval > 0:
                 with SparkProgressPoller(
-                    self.log, app_id=lambda: self._hook.spark_app_id, app_name=app_name,
-                    host=cluster.host, base_port=int(self._hook._conf.get("spark.ui.port", 4040)),
+                    self.log,
+                    app_id=lambda: self._hook.spark_app_id,
+                    app_name=app_name,
+                    host=cluster.host,
+                    base_port=int(self._hook._conf.get("spark.ui.port", 4040)),
                     interval=interval,
-                ):  # fmt: skip
+                ):
                     self._hook.submit(str(application))
             else:
                 self._hook.submit(str(application))

@@ -47,10 +47,19 @@ class MilvusHook(BaseHook):
             if not uri:
                 raise ValueError(f"connection {self.milvus_conn_id!r} names no Milvus: set extra.uri or host")
             token = f"{conn.login}:{conn.password}" if conn.login and conn.password else conn.password or ""
-            return {"uri": uri, "token": token, "db_name": extra.get("db_name", ""),
-                    "source": f"connection {self.milvus_conn_id}"}  # fmt: skip
+            return {
+                "uri": uri,
+                "token": token,
+                "db_name": extra.get("db_name", ""),
+                "source": f"connection {self.milvus_conn_id}",
+            }
         if os.environ.get("SPINDLE_MILVUS_URI"):
-            return {"uri": os.environ["SPINDLE_MILVUS_URI"], "token": "", "db_name": "", "source": "env SPINDLE_MILVUS_URI"}
+            return {
+                "uri": os.environ["SPINDLE_MILVUS_URI"],
+                "token": "",
+                "db_name": "",
+                "source": "env SPINDLE_MILVUS_URI",
+            }
         return {"uri": str(default_lite_path()), "token": "", "db_name": "", "source": "default milvus-lite file"}
 
     def _connection(self):

@@ -84,8 +84,11 @@ def first_row_meta(embeddings: ds.Dataset) -> dict[str, Any]:
     for batch in embeddings.to_batches(columns=columns, batch_size=256):
         for row in batch.to_pylist():
             if row.get("vector"):
-                return {"dim": len(row["vector"]), "model": row.get("model"),
-                        "model_fingerprint": row.get("model_fingerprint")}  # fmt: skip
+                return {
+                    "dim": len(row["vector"]),
+                    "model": row.get("model"),
+                    "model_fingerprint": row.get("model_fingerprint"),
+                }
     raise NoVectorsError("the embeddings hold no vector: nothing to load")
 
 
@@ -97,13 +100,17 @@ def book_payload(books_path: str | Path | None, filesystem: pafs.FileSystem | No
     names = set(books.schema.names)
     wanted = ["id"] + [c for c in ("title", "publish_year", "cover_ids", *AUTHOR_COLUMNS) if c in names]
     table = books.to_table(columns=wanted).combine_chunks()
-    return pa.table({
-        "id": table["id"],
-        "title": table["title"] if "title" in names else pa.nulls(len(table), pa.string()),
-        "author": _authors(table),
-        "year": table["publish_year"].cast(pa.int64()) if "publish_year" in names else pa.nulls(len(table), pa.int64()),
-        "cover_url": _cover_urls(table),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "id": table["id"],
+            "title": table["title"] if "title" in names else pa.nulls(len(table), pa.string()),
+            "author": _authors(table),
+            "year": table["publish_year"].cast(pa.int64())
+            if "publish_year" in names
+            else pa.nulls(len(table), pa.int64()),
+            "cover_url": _cover_urls(table),
+        }
+    )
 
 
 def _as_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -125,9 +132,7 @@ def _authors(table: pa.Table) -> pa.ChunkedArray:
 def _cover_urls(table: pa.Table) -> pa.ChunkedArray:
     if "cover_ids" not in table.column_names:
         return pa.chunked_array([pa.nulls(len(table), pa.string())])
-    urls = [
-        COVER_URL.format(cover_id=ids[0]) if ids else None for ids in table["cover_ids"].to_pylist()
-    ]
+    urls = [COVER_URL.format(cover_id=ids[0]) if ids else None for ids in table["cover_ids"].to_pylist()]
     return pa.chunked_array([pa.array(urls, pa.string())])
 
 
@@ -198,12 +203,17 @@ def load_embeddings(
     meta = first_row_meta(embeddings)
     name = collection_name(alias, meta["model"] or model_kind, meta["model_fingerprint"], version)
     properties = {
-        "alias": alias, "dataset": dataset, "version": version, "model": meta["model"],
-        "model_fingerprint": meta["model_fingerprint"], "model_dir": model_dir,
-        "model_kind": model_kind, "source": source or str(embeddings_path),
+        "alias": alias,
+        "dataset": dataset,
+        "version": version,
+        "model": meta["model"],
+        "model_fingerprint": meta["model_fingerprint"],
+        "model_dir": model_dir,
+        "model_kind": model_kind,
+        "source": source or str(embeddings_path),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         **(extra_properties or {}),
-    }  # fmt: skip
+    }
     created = store.ensure_collection(name, meta["dim"], embeddings.count_rows(), index_type, properties)
     payload = book_payload(books_path, books_filesystem or filesystem)
     books = BookIndex(payload) if payload is not None else None
@@ -215,12 +225,21 @@ def load_embeddings(
     in_collection = store.count(name)
     previous = store.switch_alias(alias, name) if switch_alias else None
     return LoadResult(
-        alias=alias, collection=name, created=created, rows_read=read, rows_upserted=upserted,
-        rows_skipped_no_vector=skipped, rows_without_book=missing, rows_in_collection=in_collection,
-        dim=meta["dim"], model=meta["model"], model_fingerprint=meta["model_fingerprint"],
-        previous_collection=previous, alias_switched=switch_alias,
+        alias=alias,
+        collection=name,
+        created=created,
+        rows_read=read,
+        rows_upserted=upserted,
+        rows_skipped_no_vector=skipped,
+        rows_without_book=missing,
+        rows_in_collection=in_collection,
+        dim=meta["dim"],
+        model=meta["model"],
+        model_fingerprint=meta["model_fingerprint"],
+        previous_collection=previous,
+        alias_switched=switch_alias,
         seconds=round(time.monotonic() - started, 3),
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -250,16 +269,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open_store(args.uri) as store:
             result = load_embeddings(
-                store, args.embeddings, alias=args.alias, version=version, books_path=args.books,
+                store,
+                args.embeddings,
+                alias=args.alias,
+                version=version,
+                books_path=args.books,
                 model_dir=str(Path(args.model_dir).resolve()) if args.model_dir else None,  # search runs anywhere
-                model_kind=args.model_kind, dataset=args.dataset,
-            )  # fmt: skip
+                model_kind=args.model_kind,
+                dataset=args.dataset,
+            )
     except (VectorStoreError, FileNotFoundError) as err:
         print(f"load: {err}", file=sys.stderr)
         return 2
     was = result.previous_collection or "none"
-    print(f"{result.alias} -> {result.collection}: {result.rows_upserted} vectors "
-          f"({result.rows_skipped_no_vector} rows without one; was {was})")  # fmt: skip
+    print(
+        f"{result.alias} -> {result.collection}: {result.rows_upserted} vectors "
+        f"({result.rows_skipped_no_vector} rows without one; was {was})"
+    )
     return 0
 
 

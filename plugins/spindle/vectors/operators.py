@@ -56,8 +56,14 @@ class LoadVectorsOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "sources", "books", "books_metrics", "version", "index_type", "backend", "settings",
-    )  # fmt: skip
+        "sources",
+        "books",
+        "books_metrics",
+        "version",
+        "index_type",
+        "backend",
+        "settings",
+    )
     ui_color = "#d6ecf3"
 
     def __init__(
@@ -143,13 +149,21 @@ class LoadVectorsOperator(BaseOperator):
         books_filesystem, books = warehouse.locate(self.books) if self.books else (None, None)
         try:
             result = load_embeddings(
-                store, path, alias=alias, version=version, books_path=books,
+                store,
+                path,
+                alias=alias,
+                version=version,
+                books_path=books,
                 model_dir=source.get("model_dir") or None,
                 model_kind=source.get("model_kind") or "sentence-transformers",
-                dataset=source.get("dataset") or "books", batch_size=self.batch_size,
-                index_type=self.index_type, switch_alias=self.switch_alias,
-                filesystem=filesystem, books_filesystem=books_filesystem, source=where,
-            )  # fmt: skip
+                dataset=source.get("dataset") or "books",
+                batch_size=self.batch_size,
+                index_type=self.index_type,
+                switch_alias=self.switch_alias,
+                filesystem=filesystem,
+                books_filesystem=books_filesystem,
+                source=where,
+            )
         except NoVectorsError as err:
             if source.get("optional"):  # e.g. covers: every image failed, each row says why
                 self.log.info("%s: %s: %s: skipped", alias, where, err)
@@ -159,10 +173,16 @@ class LoadVectorsOperator(BaseOperator):
             raise AirflowFailException(f"{alias}: {err}") from err
         self.log.info(
             "%s: %d rows upserted into %s (%d in it; %d without a vector, %d without a book); alias %s -> %s (was %s)",
-            alias, result.rows_upserted, result.collection, result.rows_in_collection,
-            result.rows_skipped_no_vector, result.rows_without_book, alias, result.collection,
+            alias,
+            result.rows_upserted,
+            result.collection,
+            result.rows_in_collection,
+            result.rows_skipped_no_vector,
+            result.rows_without_book,
+            alias,
+            result.collection,
             result.previous_collection,
-        )  # fmt: skip
+        )
         return result.as_dict()
 
 
@@ -177,9 +197,15 @@ def _metrics(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
 
 def _figures(metrics: Mapping[str, Any]) -> str:
     """``read 5, filtered out 5, quarantined 0; failed filter: language 3, subject 5``."""
-    counts = [f"{label} {metrics[key]}" for key, label in (
-        ("rows_read", "read"), ("rows_filtered_out", "filtered out"), ("rows_quarantined", "quarantined"))
-        if metrics.get(key) is not None]  # fmt: skip
+    counts = [
+        f"{label} {metrics[key]}"
+        for key, label in (
+            ("rows_read", "read"),
+            ("rows_filtered_out", "filtered out"),
+            ("rows_quarantined", "quarantined"),
+        )
+        if metrics.get(key) is not None
+    ]
     failed = ", ".join(f"{name} {n}" for name, n in (metrics.get("failed_filter") or {}).items() if n)
     return ", ".join(counts) + (f"; failed filter: {failed}" if failed else "")
 

@@ -36,7 +36,9 @@ def model_dir_for(info: CollectionInfo, explicit: str | None) -> str:
     if not model_dir:
         raise QueryModelError(f"collection {info.name!r} records no model directory: pass --model-dir")
     if not Path(model_dir).is_dir():
-        raise QueryModelError(f"model directory {model_dir} (recorded by {info.name!r}) does not exist: pass --model-dir")
+        raise QueryModelError(
+            f"model directory {model_dir} (recorded by {info.name!r}) does not exist: pass --model-dir"
+        )
     return model_dir
 
 
@@ -80,7 +82,9 @@ def embed_query(info: CollectionInfo, query: str, model_dir: str | None = None) 
     return embed_text_query(model_dir, [query])
 
 
-def run_search(store: MilvusVectorStore, alias: str, query: str, k: int, model_dir: str | None = None) -> tuple[CollectionInfo, list[Hit]]:
+def run_search(
+    store: MilvusVectorStore, alias: str, query: str, k: int, model_dir: str | None = None
+) -> tuple[CollectionInfo, list[Hit]]:
     info = store.collection_info(store.resolve_alias(alias))
     return info, search(store, alias, embed_query(info, query, model_dir), k)[0]
 
@@ -93,14 +97,17 @@ def format_hits(query: str, alias: str, info: CollectionInfo, hits: Sequence[Hit
     lines = [
         f'Top {len(hits)} for "{query}" in {alias} -> {info.name}',
         f"(model {info.prop('model')}, version {info.prop('version')}; score = cosine similarity)",
-        f"{'rank':>4}  {'score':>6}  {'title':<40}  " + (f"{'author':<28}  " if authors else "")
-        + f"{'year':>4}" + ("  cover" if covers else ""),
+        f"{'rank':>4}  {'score':>6}  {'title':<40}  "
+        + (f"{'author':<28}  " if authors else "")
+        + f"{'year':>4}"
+        + ("  cover" if covers else ""),
     ]
     for hit in hits:
         lines.append(
             f"{hit.rank:>4}  {hit.score:6.3f}  {_cut(hit.title, 40):<40}  "
             + (f"{_cut(hit.author, 28, ''):<28}  " if authors else "")
-            + f"{hit.year if hit.year is not None else '-':>4}" + (f"  {hit.cover_url or '-'}" if covers else "")
+            + f"{hit.year if hit.year is not None else '-':>4}"
+            + (f"  {hit.cover_url or '-'}" if covers else "")
         )
     return "\n".join(line.rstrip() for line in lines)
 
@@ -132,11 +139,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m spindle.vectors.search", description=__doc__.split("\n\n")[0])
     parser.add_argument("query", help="what to look for, in words")
     parser.add_argument("--k", type=int, default=10, help="number of hits (default 10)")
-    parser.add_argument("--mode", choices=sorted(MODES), default="text", help="text: book texts; covers: cover images (CLIP)")
+    parser.add_argument(
+        "--mode", choices=sorted(MODES), default="text", help="text: book texts; covers: cover images (CLIP)"
+    )
     parser.add_argument("--alias", help="alias to search (default: books_text / books_covers by --mode)")
     parser.add_argument("--model-dir", help="query model directory (default: the one the collection recorded)")
-    parser.add_argument("--uri", help="milvus-lite .db path or server URI (default: connection spindle_milvus, "
-                        "env SPINDLE_MILVUS_URI, $SPINDLE_HOME/milvus/spindle.db)")  # fmt: skip
+    parser.add_argument(
+        "--uri",
+        help="milvus-lite .db path or server URI (default: connection spindle_milvus, "
+        "env SPINDLE_MILVUS_URI, $SPINDLE_HOME/milvus/spindle.db)",
+    )
     parser.add_argument("--json", action="store_true", help="print the hits as JSON")
     args = parser.parse_args(argv)
     if args.k < 1:

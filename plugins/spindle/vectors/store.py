@@ -163,9 +163,13 @@ class MilvusVectorStore:
 
     # ----------------------------------------------------------------- collections
     def ensure_collection(
-        self, name: str, dim: int, rows_hint: int = 0, index_type: str = "auto",
+        self,
+        name: str,
+        dim: int,
+        rows_hint: int = 0,
+        index_type: str = "auto",
         properties: Mapping[str, Any] | None = None,
-    ) -> bool:  # fmt: skip
+    ) -> bool:
         """Create ``name`` (schema, index, properties) unless it exists; load it. Returns True
         when it was created. An existing collection must have the same dimension."""
         if self.client.has_collection(name):
@@ -177,9 +181,11 @@ class MilvusVectorStore:
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", **index_params_for(rows_hint, index_type))
         self.client.create_collection(
-            name, schema=self._schema(dim), index_params=index,
+            name,
+            schema=self._schema(dim),
+            index_params=index,
             properties={PROP + k: str(v) for k, v in (properties or {}).items() if v is not None},
-        )  # fmt: skip
+        )
         self._loaded.add(name)  # create_collection with index params loads it
         return True
 
@@ -326,9 +332,13 @@ def search(store: MilvusVectorStore, alias: str, query_vectors: Any, k: int = 10
     names = store.client.list_indexes(collection, field_name="vector")
     index = store.client.describe_index(collection, names[0]) if names else {}
     results = store.client.search(
-        collection, data=queries.tolist(), limit=k, output_fields=OUTPUT_FIELDS,
-        search_params=search_params_for(index, k), anns_field="vector",
-    )  # fmt: skip
+        collection,
+        data=queries.tolist(),
+        limit=k,
+        output_fields=OUTPUT_FIELDS,
+        search_params=search_params_for(index, k),
+        anns_field="vector",
+    )
     return [[_hit(rank, raw) for rank, raw in enumerate(hits, start=1)] for hits in results]
 
 
@@ -336,10 +346,14 @@ def _hit(rank: int, raw: Mapping[str, Any]) -> Hit:
     entity = raw.get("entity") or {}
     year = entity.get("year")
     return Hit(
-        rank=rank, id=str(raw["id"]), score=float(raw["distance"]),
-        title=entity.get("title") or None, author=entity.get("author") or None,
-        year=None if year is None else int(year), cover_url=entity.get("cover_url") or None,
-    )  # fmt: skip
+        rank=rank,
+        id=str(raw["id"]),
+        score=float(raw["distance"]),
+        title=entity.get("title") or None,
+        author=entity.get("author") or None,
+        year=None if year is None else int(year),
+        cover_url=entity.get("cover_url") or None,
+    )
 
 
 def exact_top_k(vectors: np.ndarray, ids: Iterable[str], queries: Any, k: int) -> list[list[tuple[str, float]]]:

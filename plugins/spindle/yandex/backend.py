@@ -21,8 +21,7 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "s3_conn_id": (
         str,
         "yandex_object_storage",
-        "AWS-type connection for Object Storage "
-        "(endpoint_url https://storage.yandexcloud.net in its extra)",
+        "AWS-type connection for Object Storage (endpoint_url https://storage.yandexcloud.net in its extra)",
     ),
     "folder_id": (str, REQUIRED, "folder the cluster is created in"),
     "zone": (str, "ru-central1-a", "availability zone"),
@@ -41,8 +40,16 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     "security_group_ids": (list, [], "security groups"),
     "log_group_id": ((str, type(None)), None, "Cloud Logging group"),
     "cluster_properties": (dict, {}, "cluster properties, e.g. spark:spark.sql.shuffle.partitions"),
-    "pip_packages": (dict, {}, "pip packages installed on every host, name -> version spec (with environment: provided)"),
-    "services": (list, ["HDFS", "YARN", "SPARK"], "Data Proc services: what Spark on YARN needs, not the provider's default HIVE and MAPREDUCE"),
+    "pip_packages": (
+        dict,
+        {},
+        "pip packages installed on every host, name -> version spec (with environment: provided)",
+    ),
+    "services": (
+        list,
+        ["HDFS", "YARN", "SPARK"],
+        "Data Proc services: what Spark on YARN needs, not the provider's default HIVE and MAPREDUCE",
+    ),
     "strategy": (
         str,
         "create_delete",
@@ -52,7 +59,7 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     ),
     "cluster_id": ((str, type(None)), None, "the persistent cluster (strategy start_stop only)"),
     "master_ui_port": (int, 8088, "master UI port for the Spark UI link when UI Proxy is off"),
-}  # fmt: skip
+}
 
 
 def validate(settings: Mapping[str, Any]) -> list[str]:
@@ -78,12 +85,15 @@ def acquire_shared_cluster(context: Any, settings: dict[str, Any]) -> None:
         return
     acquired = shared.acquire(context["inlet_events"], settings, context["ti"].dag_id)
     settings["cluster_id"] = acquired["cluster_id"]
-    print(f"Shared Data Proc cluster {acquired['cluster_id']} (opened by {acquired.get('opened_by')}, "
-          f"models {acquired['models']})")  # fmt: skip
+    print(
+        f"Shared Data Proc cluster {acquired['cluster_id']} (opened by {acquired.get('opened_by')}, "
+        f"models {acquired['models']})"
+    )
 
 
-def build_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
-               job_kwargs: Callable[[Any], dict[str, Any]]) -> tuple[Any, Any, Any]:  # fmt: skip
+def build_lane(
+    check: Any, jobs: Sequence[Any], model: Any, inputs: Any, job_kwargs: Callable[[Any], dict[str, Any]]
+) -> tuple[Any, Any, Any]:
     """stage → create_cluster → one PySpark job per job → delete_cluster (teardown)."""
     from spindle.backends.lanes import lane
     from spindle.yandex.operators import (
@@ -93,17 +103,25 @@ def build_lane(check: Any, jobs: Sequence[Any], model: Any, inputs: Any,
     )
 
     def pyspark_job(job, cluster_id, staged, settings, kwargs):
-        run = SpindleDataprocPysparkJobOperator(task_id=job.task_id, cluster_id=cluster_id, staged=staged,
-                                                settings=settings, **kwargs)  # fmt: skip
+        run = SpindleDataprocPysparkJobOperator(
+            task_id=job.task_id, cluster_id=cluster_id, staged=staged, settings=settings, **kwargs
+        )
         return run, run
 
     return lane(
-        check, jobs, model, inputs, job_kwargs, storage_conn_key="s3_conn_id", scheme="s3a",
+        check,
+        jobs,
+        model,
+        inputs,
+        job_kwargs,
+        storage_conn_key="s3_conn_id",
+        scheme="s3a",
         create=lambda settings: SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings),
         job_tasks=pyspark_job,
         delete=lambda cluster_id, settings: SpindleDataprocDeleteClusterOperator(
-            task_id="delete_cluster", cluster_id=cluster_id, settings=settings),
-    )  # fmt: skip
+            task_id="delete_cluster", cluster_id=cluster_id, settings=settings
+        ),
+    )
 
 
 def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
@@ -127,6 +145,12 @@ def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
 
 
 DATAPROC = Backend(
-    name="yandex", title="Yandex Data Proc", settings=SETTINGS, build_lane=build_lane, reap=reap,
-    validate=validate, on_check=acquire_shared_cluster, check_inlets=(shared.SHARED_CLUSTER,),
-)  # fmt: skip
+    name="yandex",
+    title="Yandex Data Proc",
+    settings=SETTINGS,
+    build_lane=build_lane,
+    reap=reap,
+    validate=validate,
+    on_check=acquire_shared_cluster,
+    check_inlets=(shared.SHARED_CLUSTER,),
+)

@@ -48,9 +48,7 @@ class SpindleDataprocHook(DataprocHook):
                 return clusters
 
     def master_host(self, cluster_id: str) -> str | None:
-        hosts = self.clusters.ListHosts(
-            cluster_service_pb.ListClusterHostsRequest(cluster_id=cluster_id)
-        ).hosts
+        hosts = self.clusters.ListHosts(cluster_service_pb.ListClusterHostsRequest(cluster_id=cluster_id)).hosts
         for host in hosts:
             if host.role == subcluster_pb.Role.MASTERNODE:
                 return host.name
@@ -83,9 +81,7 @@ class SpindleDataprocHook(DataprocHook):
         return self.dataproc_client.start_cluster(cluster_id=cluster_id)
 
     def stop_cluster(self, cluster_id: str, decommission_timeout: int = 0):
-        return self.dataproc_client.stop_cluster(
-            cluster_id=cluster_id, decommission_timeout=decommission_timeout
-        )
+        return self.dataproc_client.stop_cluster(cluster_id=cluster_id, decommission_timeout=decommission_timeout)
 
     # ------------------------------------------------------------------ jobs
     def find_job(self, cluster_id: str, name: str):
@@ -95,7 +91,7 @@ class SpindleDataprocHook(DataprocHook):
             page = self.jobs.List(
                 job_service_pb.ListJobsRequest(
                     cluster_id=cluster_id, page_size=100, page_token=token, filter=f'name="{name}"'
-                )  # fmt: skip
+                )
             )
             jobs.extend(j for j in page.jobs if j.name == name)
             token = page.next_page_token

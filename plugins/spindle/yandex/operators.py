@@ -82,8 +82,9 @@ class DataprocStopClusterOperator(BaseOperator):
 
     template_fields: Sequence[str] = ("cluster_id", "connection_id")
 
-    def __init__(self, *, cluster_id: str, connection_id: str | None = None,
-                 decommission_timeout: int = 0, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *, cluster_id: str, connection_id: str | None = None, decommission_timeout: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.cluster_id = cluster_id
         self.connection_id = connection_id
@@ -91,9 +92,7 @@ class DataprocStopClusterOperator(BaseOperator):
 
     def execute(self, context: Any) -> str:
         cluster_id = _require_cluster_id(self.cluster_id)
-        SpindleDataprocHook(yandex_conn_id=self.connection_id).stop_cluster(
-            cluster_id, self.decommission_timeout
-        )
+        SpindleDataprocHook(yandex_conn_id=self.connection_id).stop_cluster(cluster_id, self.decommission_timeout)
         self.log.info("Data Proc cluster %s stopped", cluster_id)
         return cluster_id
 
@@ -109,23 +108,46 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
     """
 
     template_fields: Sequence[str] = (
-        *DataprocCreatePysparkJobOperator.template_fields, "name", *JobSpec.spec_template_fields,
-    )  # fmt: skip
+        *DataprocCreatePysparkJobOperator.template_fields,
+        "name",
+        *JobSpec.spec_template_fields,
+    )
     template_fields_renderers = {"job_args": "json", "settings": "json", "staged": "json"}
     operator_extra_links = (CloudSparkUILink(), CloudConsoleLink())
     ui_color = "#e8f0fb"
 
-    def __init__(self, *, job: str, staged: Any, settings: Any, cluster_id: str, connection_id: str | None = None,
-                 job_args=None, application_args=None, executor_cores=None, executor_memory=None,
-                 task_cpus=None, driver_memory=None, conf=None, log_poll_interval: float = 2.0,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        job: str,
+        staged: Any,
+        settings: Any,
+        cluster_id: str,
+        connection_id: str | None = None,
+        job_args=None,
+        application_args=None,
+        executor_cores=None,
+        executor_memory=None,
+        task_cpus=None,
+        driver_memory=None,
+        conf=None,
+        log_poll_interval: float = 2.0,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("name", "")  # empty: dataproc_job_name() at run time
         super().__init__(cluster_id=cluster_id, connection_id=connection_id, **kwargs)
         self.init_spec(
-            job=job, staged=staged, settings=settings, job_args=job_args, application_args=application_args,
-            executor_cores=executor_cores, executor_memory=executor_memory, task_cpus=task_cpus,
-            driver_memory=driver_memory, conf=conf,
-        )  # fmt: skip
+            job=job,
+            staged=staged,
+            settings=settings,
+            job_args=job_args,
+            application_args=application_args,
+            executor_cores=executor_cores,
+            executor_memory=executor_memory,
+            task_cpus=task_cpus,
+            driver_memory=driver_memory,
+            conf=conf,
+        )
         self.log_poll_interval = log_poll_interval
         self.spark_ui_url: str | None = None
         self.console_url: str | None = None
@@ -173,9 +195,7 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
 
     def _publish_links(self, context: Any, hook: SpindleDataprocHook, cluster_id: str) -> None:
         try:
-            self.spark_ui_url = hook.spark_ui_url(
-                cluster_id, self.setting("master_ui_port", DEFAULT_MASTER_UI_PORT)
-            )
+            self.spark_ui_url = hook.spark_ui_url(cluster_id, self.setting("master_ui_port", DEFAULT_MASTER_UI_PORT))
             self.console_url = hook.console_url(cluster_id)
         except Exception as err:  # links are a convenience: never fail the job for them
             self.log.warning("Could not work out the Spark UI link of cluster %s: %s", cluster_id, err)
@@ -187,8 +207,9 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
 class _LogStreamer(threading.Thread):
     """Follows the job's driver log (Data Proc ``JobService.ListLog``) into the task log."""
 
-    def __init__(self, hook: SpindleDataprocHook, cluster_id: str, job_name: str, log, stop: threading.Event,
-                 interval: float) -> None:  # fmt: skip
+    def __init__(
+        self, hook: SpindleDataprocHook, cluster_id: str, job_name: str, log, stop: threading.Event, interval: float
+    ) -> None:
         super().__init__(name="dataproc-log", daemon=True)
         self.hook, self.cluster_id, self.job_name, self.log = hook, cluster_id, job_name, log
         self.stop, self.interval = stop, interval
@@ -262,8 +283,9 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
     operator_extra_links = (CloudConsoleLink(),)
     ui_color = "#e4f0e8"
 
-    def __init__(self, *, settings: Any, cluster_name: str | None = None, strategy: str | None = None,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *, settings: Any, cluster_name: str | None = None, strategy: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.settings = settings
         self.requested_name = cluster_name
@@ -310,10 +332,15 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
         if strategy == "shared":
             cluster_id = s.get("cluster_id")
             if not cluster_id:
-                raise ValueError("strategy 'shared' needs the cluster id check_backend acquires "
-                                 "(settings 'cluster_id' is empty): run this task after check_backend")  # fmt: skip
-            self.log.info("Using the shared Data Proc cluster %s (created by %s, not by this run)",
-                          cluster_id, "spindle_shared_cluster_open")  # fmt: skip
+                raise ValueError(
+                    "strategy 'shared' needs the cluster id check_backend acquires "
+                    "(settings 'cluster_id' is empty): run this task after check_backend"
+                )
+            self.log.info(
+                "Using the shared Data Proc cluster %s (created by %s, not by this run)",
+                cluster_id,
+                "spindle_shared_cluster_open",
+            )
             self.console_url = CONSOLE_URL.format(folder_id=s["folder_id"], cluster_id=cluster_id)
             context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
             return cluster_id
@@ -325,8 +352,9 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
                 hook.start_cluster(cluster_id)
                 self.log.info("Started the persistent Data Proc cluster %s", cluster_id)
             else:
-                self.log.info("Persistent Data Proc cluster %s is %s", cluster_id,
-                              cluster_pb.Cluster.Status.Name(status))  # fmt: skip
+                self.log.info(
+                    "Persistent Data Proc cluster %s is %s", cluster_id, cluster_pb.Cluster.Status.Name(status)
+                )
             self.console_url = hook.console_url(cluster_id, s["folder_id"])
             context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
             return cluster_id
@@ -361,8 +389,12 @@ class SpindleDataprocCreateClusterOperator(DataprocCreateClusterOperator):
             hook.dataproc_client.delete_cluster(cluster_id)
             self.log.info("Deleted Data Proc cluster %s after the failed create", cluster_id)
         except Exception as cleanup:  # noqa: BLE001 - best effort, logged
-            self.log.error("Could not delete Data Proc cluster %s after the failed create: %s "
-                           "(the reaper deletes it once past its TTL)", cluster_id or self.cluster_name, cleanup)  # fmt: skip
+            self.log.error(
+                "Could not delete Data Proc cluster %s after the failed create: %s "
+                "(the reaper deletes it once past its TTL)",
+                cluster_id or self.cluster_name,
+                cleanup,
+            )
 
 
 class SpindleDataprocDeleteClusterOperator(DataprocDeleteClusterOperator):

@@ -44,9 +44,7 @@ from airflow.sdk.exceptions import AirflowFailException
 #: Published by ``spindle_shared_cluster_open``: extra ``{"cluster_id", "models", ...}``.
 SHARED_CLUSTER = Asset(name="spindle_shared_cluster", uri="spindle://yandex/shared-cluster")
 #: One event per model DAG run done with the shared cluster: extra ``{"cluster_id", "dag_id", "run_id"}``.
-SHARED_CLUSTER_RELEASED = Asset(
-    name="spindle_shared_cluster_released", uri="spindle://yandex/shared-cluster/released"
-)
+SHARED_CLUSTER_RELEASED = Asset(name="spindle_shared_cluster_released", uri="spindle://yandex/shared-cluster/released")
 #: Outlet of every Data Proc ``delete_cluster`` teardown; only ``strategy: shared`` adds an event.
 RELEASE_ALIAS = AssetAlias(name="spindle_shared_cluster_release")
 #: The model DAGs that share the cluster unless the open run's ``models`` param says otherwise.
@@ -69,8 +67,10 @@ def latest_event(inlet_events: Any, asset: Asset = SHARED_CLUSTER) -> Any | None
 
 def _describe(event: Any) -> str:
     extra = event.extra or {}
-    return (f"published by DAG {event.source_dag_id or '?'} run {event.source_run_id or '?'} at "
-            f"{event.timestamp:%Y-%m-%d %H:%M:%S} UTC, models {list(extra.get('models') or [])}")  # fmt: skip
+    return (
+        f"published by DAG {event.source_dag_id or '?'} run {event.source_run_id or '?'} at "
+        f"{event.timestamp:%Y-%m-%d %H:%M:%S} UTC, models {list(extra.get('models') or [])}"
+    )
 
 
 def _cluster_status(hook: Any, cluster_id: str) -> str | None:
@@ -105,8 +105,10 @@ def acquire(inlet_events: Any, settings: Mapping[str, Any], dag_id: str, now: fl
     extra = dict(event.extra or {})
     cluster_id = extra.get("cluster_id")
     if not cluster_id:
-        raise SharedClusterError(f"strategy 'shared': the newest {SHARED_CLUSTER.name!r} event has no "
-                                 f"'cluster_id' in its extra ({_describe(event)})")  # fmt: skip
+        raise SharedClusterError(
+            f"strategy 'shared': the newest {SHARED_CLUSTER.name!r} event has no "
+            f"'cluster_id' in its extra ({_describe(event)})"
+        )
     models = list(extra.get("models") or [])
     if dag_id not in models:
         raise SharedClusterError(
@@ -135,8 +137,9 @@ def acquire(inlet_events: Any, settings: Mapping[str, Any], dag_id: str, now: fl
     return {**extra, "cluster_id": cluster_id, "models": models}
 
 
-def publication(cluster_id: str, models: Sequence[str], ttl_hours: float, dag_id: str, run_id: str,
-                now: float | None = None) -> dict[str, Any]:  # fmt: skip
+def publication(
+    cluster_id: str, models: Sequence[str], ttl_hours: float, dag_id: str, run_id: str, now: float | None = None
+) -> dict[str, Any]:
     """The extra of a :data:`SHARED_CLUSTER` event."""
     if not cluster_id:
         raise SharedClusterError("the create task returned no cluster id: nothing to publish")
@@ -157,8 +160,9 @@ def release(outlet_events: Any, cluster_id: str, dag_id: str, run_id: str) -> di
     return extra
 
 
-def plan_close(published: Mapping[str, Any] | None, releases: Iterable[Mapping[str, Any]],
-               force: bool = False) -> dict[str, Any]:  # fmt: skip
+def plan_close(
+    published: Mapping[str, Any] | None, releases: Iterable[Mapping[str, Any]], force: bool = False
+) -> dict[str, Any]:
     """What the close DAG does: ``{"action": "delete" | "wait" | "none", "cluster_id", "pending",
     "released", "reason"}``.
 
@@ -168,8 +172,13 @@ def plan_close(published: Mapping[str, Any] | None, releases: Iterable[Mapping[s
     :param force: delete even when some models have not released it (deadline, manual).
     """
     if not published or not published.get("cluster_id"):
-        return {"action": "none", "cluster_id": None, "pending": [], "released": [],
-                "reason": "no shared cluster was ever published"}  # fmt: skip
+        return {
+            "action": "none",
+            "cluster_id": None,
+            "pending": [],
+            "released": [],
+            "reason": "no shared cluster was ever published",
+        }
     cluster_id = published["cluster_id"]
     models = list(published.get("models") or [])
     released = sorted({r.get("dag_id") for r in releases if r.get("cluster_id") == cluster_id} - {None})
