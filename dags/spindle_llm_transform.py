@@ -30,11 +30,13 @@ from spindle.pipelines import (
     cluster_kwargs,
     input_param,
     job_kwargs,
+    job_timeout_param,
     limit_param,
     max_error_rate_param,
     model_param,
     prepare_sentences,
     sizing_params,
+    task_defaults,
 )
 
 with DAG(
@@ -45,6 +47,7 @@ with DAG(
     catchup=False,
     tags=["spindle", "llm"],
     doc_md=__doc__,
+    default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
     params={
         "input_path": input_param(
             "data/samples/stsbenchmark/sts-dev.csv",
@@ -79,6 +82,7 @@ with DAG(
         "batch_size": batch_size_param(16),
         "max_error_rate": max_error_rate_param(),
         **sizing_params(),
+        "job_timeout_minutes": job_timeout_param(),
         "backend": backend_param(),
     },
 ) as dag:

@@ -48,10 +48,12 @@ from spindle.pipelines import (
     cluster_kwargs,
     input_param,
     job_kwargs,
+    job_timeout_param,
     limit_param,
     max_error_rate_param,
     model_param,
     sizing_params,
+    task_defaults,
 )
 
 # The newest complete embeddings version, rewritten by embed_text at the end of each run.
@@ -66,6 +68,7 @@ with DAG(
     max_active_runs=1,
     tags=["spindle", "embeddings"],
     doc_md=__doc__,
+    default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
     params={
         "input_path": input_param(
             "data/samples/openlibrary/editions-head-n1000.txt",
@@ -120,6 +123,7 @@ with DAG(
         "max_error_rate": max_error_rate_param(),
         **covers_params(),
         **sizing_params(),
+        "job_timeout_minutes": job_timeout_param(),
         "backend": backend_param(),
         "incremental": Param(
             True,
@@ -192,8 +196,8 @@ with DAG(
             "url_template": covers["url_template"],
             "max_error_rate": "{{ params.max_error_rate }}",
         },
-        pre_execute=covers_enabled,  # skipped (reason in the log) when check_covers turned covers off
-        **job_kwargs(),
+        # skipped (reason in the log) when check_covers turned covers off
+        **job_kwargs(pre_execute=covers_enabled),
     )
     delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
     # Runs on the Airflow worker from the Parquet outputs: the cluster is not needed (nor kept).

@@ -1,13 +1,15 @@
 """
-### Spindle reaper: delete cloud clusters that outlived their TTL
+### Spindle reaper: delete clusters that outlived their TTL, local and cloud
 
-Lists the Data Proc clusters, EMR job flows and EMR Serverless applications labelled
-`spindle-managed=true` (every Spindle create is labelled with its DAG id, run id, creation time
-and TTL) and marks those older than their `spindle-ttl-hours` label (or the `ttl_hours` param)
-as expired. **Scheduled runs delete** the expired ones (Data Proc clusters deleted, EMR job flows
-terminated, Serverless applications stopped and deleted), whatever the `dry_run` param says.
+Lists the local Spark clusters still running (`$SPINDLE_HOME/clusters/<id>/state.json`, TTL: the
+`ttl_hours` param, else env `SPINDLE_LOCAL_TTL_HOURS`, else 6 h) and the Data Proc clusters, EMR
+job flows and EMR Serverless applications labelled `spindle-managed=true` (every Spindle create is
+labelled with its DAG id, run id, creation time and TTL), and marks those older than their
+`spindle-ttl-hours` label (or the `ttl_hours` param) as expired. **Scheduled runs delete** the
+expired ones (local clusters stopped, Data Proc clusters deleted, EMR job flows terminated,
+Serverless applications stopped and deleted), whatever the `dry_run` param says.
 **Manual runs are dry runs by default** (`dry_run` defaults to true): the report lists what
-would be deleted and nothing is; trigger with `dry_run: false` to delete. Backends whose
+would be deleted and nothing is; trigger with `dry_run: false` to delete. Cloud backends whose
 settings Variable (`spindle_backend_<name>`) is not set are skipped and reported.
 """
 
@@ -15,17 +17,19 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import DAG, Param, get_current_context, task
-from spindle.backends.registry import names as cloud_backends
+from spindle.backends.registry import reaper_names
+from spindle.pipelines import task_defaults
 
 with DAG(
     dag_id="spindle_reaper",
-    description="Delete Spindle's cloud resources past their TTL (manual runs: dry run by default)",
+    description="Delete Spindle's clusters (local and cloud) past their TTL (manual runs: dry run by default)",
     schedule="30 * * * *",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["spindle", "safety"],
     doc_md=__doc__,
+    default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
     params={
         "dry_run": Param(
             True,
@@ -34,12 +38,12 @@ with DAG(
             description="Manual runs: only report what would be deleted. Scheduled runs always delete.",
         ),
         "backends": Param(
-            list(cloud_backends()),
+            list(reaper_names()),
             type="array",
-            items={"type": "string", "enum": list(cloud_backends())},
+            items={"type": "string", "enum": list(reaper_names())},
             minItems=1,
             title="Backends",
-            description="Clouds to look in.",
+            description="Where to look: local (this machine's Spark clusters) and the clouds.",
         ),
         "ttl_hours": Param(
             None,
@@ -47,14 +51,15 @@ with DAG(
             minimum=0,
             maximum=24 * 365,
             title="TTL override (hours)",
-            description="Treat everything older than this as expired (empty: each resource's own TTL label).",
+            description="Treat everything older than this as expired (empty: each cloud resource's own TTL "
+            "label; local clusters: env SPINDLE_LOCAL_TTL_HOURS, else 6).",
         ),
     },
 ) as dag:
 
     @task(task_id="reap")
     def reap_expired() -> dict:
-        """List Spindle-labelled resources and delete the expired ones: always in a scheduled
+        """List Spindle's local clusters and labelled cloud resources and delete the expired ones: always in a scheduled
         run, in a manual one unless ``dry_run``; the report is printed and returned (XCom)."""
         from spindle.backends.reaper import is_dry_run, reap
 

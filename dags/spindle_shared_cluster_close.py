@@ -25,6 +25,7 @@ from spindle.backends import config
 from spindle.yandex import shared
 from spindle.yandex.shared import SHARED_CLUSTER, SHARED_CLUSTER_RELEASED
 from spindle.yandex.operators import SpindleDataprocDeleteClusterOperator
+from spindle.pipelines import task_defaults
 
 DEADLINE = os.environ.get("SPINDLE_SHARED_CLUSTER_DEADLINE") or "0 9 * * *"
 
@@ -39,6 +40,7 @@ with DAG(
     max_active_runs=1,
     tags=["spindle", "yandex", "shared-cluster"],
     doc_md=__doc__,
+    default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
     params={
         "force": Param(
             False,

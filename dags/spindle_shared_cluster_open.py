@@ -29,6 +29,7 @@ from spindle.backends import config
 from spindle.yandex import shared
 from spindle.yandex.shared import LABEL_SHARED, SHARED_CLUSTER, SHARED_MODEL_DAGS
 from spindle.yandex.operators import SpindleDataprocCreateClusterOperator
+from spindle.pipelines import task_defaults
 
 with DAG(
     dag_id=shared.OPEN_DAG_ID,
@@ -39,6 +40,7 @@ with DAG(
     max_active_runs=1,
     tags=["spindle", "yandex", "shared-cluster"],
     doc_md=__doc__,
+    default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
     params={
         "models": Param(
             list(SHARED_MODEL_DAGS),

@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh requirements.txt
 . scripts/env.sh
+# A failed demo task ends the demo at once (production DAGs retry twice with backoff).
+export SPINDLE_TASK_RETRIES="${SPINDLE_TASK_RETRIES:-0}"
 logs="$SPINDLE_HOME/logs"
 mkdir -p "$logs"
 echo ">> logs of Airflow, Spark and the models: $logs/"

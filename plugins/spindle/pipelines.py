@@ -20,6 +20,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -162,6 +163,89 @@ def model_param(description: str, default: str | None = None) -> Param:
     )
 
 
+# --------------------------------------------------------------------------- task defaults
+#: Environment variable: how many times a failed task of Spindle's DAGs is retried (read when
+#: the DAG file is parsed; default :data:`DEFAULT_TASK_RETRIES`; the tests set 0).
+ENV_TASK_RETRIES = "SPINDLE_TASK_RETRIES"
+DEFAULT_TASK_RETRIES = 2
+#: Retry delays: 2 minutes, doubled per try (Airflow adds up to as much again as jitter), at most 30.
+RETRY_DELAY = timedelta(minutes=2)
+RETRY_EXPONENTIAL_BACKOFF = 2.0
+MAX_RETRY_DELAY = timedelta(minutes=30)
+#: Default of param ``job_timeout_minutes``: the time limit of one Spark job task.
+DEFAULT_JOB_TIMEOUT_MINUTES = 180
+
+
+def task_retries() -> int:
+    """Retries per task: env ``SPINDLE_TASK_RETRIES`` (an integer >= 0), else 2."""
+    raw = os.environ.get(ENV_TASK_RETRIES, "").strip()
+    if not raw:
+        return DEFAULT_TASK_RETRIES
+    try:
+        retries = int(raw)
+    except ValueError:
+        retries = -1
+    if not 0 <= retries <= 20:
+        raise ValueError(f"env {ENV_TASK_RETRIES}={raw!r}: expected an integer from 0 to 20")
+    return retries
+
+
+def task_defaults(**overrides: Any) -> dict[str, Any]:
+    """``default_args`` of Spindle's DAGs: every task is retried (:func:`task_retries` times,
+    exponential backoff from :data:`RETRY_DELAY` up to :data:`MAX_RETRY_DELAY`), which is safe
+    because each task's outputs are per run and replaced by a re-run, a create task that fails
+    deletes what it created, and the teardown deletes by id (idempotent); a final failure sends
+    an email when the alerts connection exists (:class:`spindle.alerts.FailureEmail`)."""
+    from spindle.alerts import FailureEmail
+
+    return {
+        "retries": task_retries(),
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": RETRY_EXPONENTIAL_BACKOFF,
+        "max_retry_delay": MAX_RETRY_DELAY,
+        "on_failure_callback": [FailureEmail()],
+        **overrides,
+    }
+
+
+def job_timeout_param(default: int = DEFAULT_JOB_TIMEOUT_MINUTES) -> Param:
+    return Param(
+        default,
+        type="integer",
+        minimum=1,
+        maximum=24 * 60,
+        title="Job timeout (minutes)",
+        description="Time limit of each Spark job task (one try): past it the job is cancelled on "
+        "the cluster and the try fails (and is retried while retries are left). The teardown still "
+        "deletes the cluster.",
+    )
+
+
+def set_job_timeout(context: Mapping[str, Any]) -> None:
+    """Set the running task's ``execution_timeout`` from param ``job_timeout_minutes`` (the task
+    runner applies it after ``pre_execute``, around ``execute``)."""
+    minutes = context["params"].get("job_timeout_minutes")
+    if minutes:
+        context["task"].execution_timeout = timedelta(minutes=int(minutes))
+        print(f"Time limit of this try: {int(minutes)} min (param job_timeout_minutes)")
+
+
+class JobPreExecute:
+    """``pre_execute`` of a job task: :func:`set_job_timeout`, then ``then`` when given (the cloud
+    lanes copy a job's ``pre_execute``, so their job tasks get the same limit)."""
+
+    def __init__(self, then: Callable[[Any], None] | None = None) -> None:
+        self.then = then
+
+    def __call__(self, context: Any) -> None:
+        set_job_timeout(context)
+        if self.then is not None:
+            self.then(context)
+
+    def __repr__(self) -> str:
+        return f"JobPreExecute(then={getattr(self.then, '__name__', self.then)!r})"
+
+
 # --------------------------------------------------------------------------- templated kwargs
 def cluster_kwargs() -> dict[str, str]:
     """Create-cluster operator arguments, taken from :func:`sizing_params` at run time."""
@@ -172,14 +256,19 @@ def cluster_kwargs() -> dict[str, str]:
     }
 
 
-def job_kwargs() -> dict[str, str]:
-    """Job operator sizing arguments, taken from :func:`sizing_params` at run time."""
+def job_kwargs(pre_execute: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Job operator arguments: sizing taken from :func:`sizing_params` at run time, and the
+    job's time limit: ``execution_timeout`` (the default of :func:`job_timeout_param`) set from
+    param ``job_timeout_minutes`` by the task's ``pre_execute`` (:class:`JobPreExecute`), which
+    then runs ``pre_execute`` when given (e.g. a run condition that skips the task)."""
     return {
         "executor_cores": "{{ params.executor_cores }}",
         "executor_memory": "{{ params.executor_memory_mb }}",
         "task_cpus": "{{ params.task_cpus }}",
         "total_executor_cores": "{{ params.num_workers * params.worker_cores }}",
         "conf": "{{ params.spark_conf | tojson }}",
+        "execution_timeout": timedelta(minutes=DEFAULT_JOB_TIMEOUT_MINUTES),
+        "pre_execute": JobPreExecute(pre_execute),
     }
 
 

@@ -23,7 +23,7 @@ def test_embed_images_runs_after_embed_text_on_every_lane(dag):
     images = dag.get_task("embed_images")
     assert images.job == "embed_images"
     assert "embed_text" in images.upstream_task_ids and "delete_cluster" in images.downstream_task_ids
-    assert images._pre_execute_hook is covers_enabled
+    assert images._pre_execute_hook.then is covers_enabled  # after setting the job's time limit
     assert {"check_backend"} <= dag.get_task("check_covers").upstream_task_ids
     assert "check_covers" in dag.get_task("create_cluster").upstream_task_ids  # checked before any cluster
     args = images.job_args
@@ -31,7 +31,7 @@ def test_embed_images_runs_after_embed_text_on_every_lane(dag):
     assert args["output"].key == "cover_embeddings"
     for task_id in ("yandex.embed_images", "emr.embed_images_submit", "emr_serverless.embed_images"):
         copy = dag.get_task(task_id)
-        assert copy.job == "embed_images" and copy._pre_execute_hook is covers_enabled, task_id
+        assert copy.job == "embed_images" and copy._pre_execute_hook.then is covers_enabled, task_id
     for lane in ("yandex", "emr", "emr_serverless"):
         stage = dag.get_task(f"{lane}.stage")
         assert "embed_images" in stage.jobs

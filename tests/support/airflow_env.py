@@ -79,6 +79,9 @@ os.environ.update(
         "SPINDLE_REPO": str(REPO),
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
+        # No retries: dag.test() honours up_for_retry and waits out each retry delay (minutes),
+        # and tests of failing runs expect the first failure to be final.
+        "SPINDLE_TASK_RETRIES": "0",
     }
 )
 os.environ.pop("SPINDLE_SECRETS_SOURCE", None)  # derived from the secrets backend config

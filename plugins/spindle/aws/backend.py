@@ -102,6 +102,7 @@ def build_emr_lane(
         SpindleEmrTerminateJobFlowOperator,
     )
     from spindle.backends.lanes import lane
+    from spindle.pipelines import set_job_timeout
 
     def step(job, job_flow_id, staged, settings, kwargs):
         submit = SpindleEmrAddStepsOperator(
@@ -109,6 +110,9 @@ def build_emr_lane(
         )
         watch = SpindleEmrStepSensor(
             task_id=job.task_id,
+            # the step's time limit (param job_timeout_minutes), as on the other lanes' job tasks
+            pre_execute=set_job_timeout,
+            execution_timeout=kwargs.get("execution_timeout"),
             job_flow_id=job_flow_id,
             step_id=submit.output,
             settings=settings,

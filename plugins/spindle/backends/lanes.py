@@ -69,7 +69,8 @@ def check_backend() -> dict[str, Any]:
 
 def _job_kwargs(job: Any) -> dict[str, Any]:
     """What a cloud job task copies from a local :class:`SparkAppJobOperator` (its
-    ``pre_execute`` hook too: a job skipped by a run condition is skipped on every lane)."""
+    ``pre_execute`` hook too: a job skipped by a run condition is skipped on every lane, and the
+    hook sets the task's ``execution_timeout`` from param ``job_timeout_minutes``)."""
     kwargs = {
         "job": job.job,
         "job_args": job.job_args,
@@ -80,6 +81,8 @@ def _job_kwargs(job: Any) -> dict[str, Any]:
         "driver_memory": job.driver_memory,
         "conf": job.conf,
     }
+    if job.execution_timeout is not None:
+        kwargs["execution_timeout"] = job.execution_timeout
     pre_execute = getattr(job, "_pre_execute_hook", None)
     if pre_execute is not None:
         kwargs["pre_execute"] = pre_execute

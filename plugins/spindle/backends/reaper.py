@@ -1,4 +1,4 @@
-"""Find what Spindle created in the clouds and outlived its TTL, and delete it.
+"""Find what Spindle created (in the clouds and local Spark clusters) that outlived its TTL, and delete it.
 
 Every create is labelled (Data Proc labels, EMR / EMR Serverless tags) with
 ``spindle-managed=true``, ``spindle-dag``, ``spindle-run``, ``spindle-created`` (epoch seconds)
@@ -7,7 +7,8 @@ than ``ttl_hours`` when the reaper is given one). Only live resources are consid
 clusters not being deleted, EMR job flows not terminated, Serverless applications not
 terminated). Dry run by default: the report says what *would* be deleted; the reaper DAG's
 scheduled runs are never dry runs (:func:`is_dry_run`). Each backend's
-folder lists and deletes its own resources (``Backend.reap``, see :mod:`.registry`); this module
+folder lists and deletes its own resources (``Backend.reap``, see :mod:`.registry`; the local
+lane's clusters: :mod:`.local`, no labels but ``state.json``'s ``created_at``); this module
 has the verdict (:func:`finding`) and the report.
 """
 
@@ -88,13 +89,15 @@ def reap(
     now = time.time() if now is None else now
     report: dict[str, Any] = {"dry_run": dry_run, "findings": [], "skipped": {}}
     for backend in backends:
-        variable = settings_variable(backend)
-        raw = Variable.get(variable, default=None)
-        if raw is None:
-            report["skipped"][backend] = f"Airflow Variable {variable!r} is not set"
-            continue
-        settings = validate_settings(backend, raw, f"Airflow Variable {variable!r}")
-        found = registry.get(backend).reap(settings, dry_run, ttl_hours, now)
+        settings: dict[str, Any] = {}
+        if backend != "local":  # the local lane has no settings: always looked at
+            variable = settings_variable(backend)
+            raw = Variable.get(variable, default=None)
+            if raw is None:
+                report["skipped"][backend] = f"Airflow Variable {variable!r} is not set"
+                continue
+            settings = validate_settings(backend, raw, f"Airflow Variable {variable!r}")
+        found = registry.reaper(backend)(settings, dry_run, ttl_hours, now)
         report["findings"] += [asdict(f) for f in found]
     print(format_report(report))
     return report

@@ -56,8 +56,26 @@ class Backend:
     check_inlets: Sequence[Any] = field(default_factory=tuple)
 
 
+#: The local lane has no settings and no lane to build, only a reaper ("module:function", same
+#: signature as :attr:`Backend.reap`): its clusters under ``$SPINDLE_HOME/clusters``.
+LOCAL_REAPER = "spindle.backends.local:reap"
+
+
 def names() -> tuple[str, ...]:
     return tuple(MODULES)
+
+
+def reaper_names() -> tuple[str, ...]:
+    """Every backend the reaper looks in: ``local``, then the cloud backends."""
+    return ("local", *MODULES)
+
+
+def reaper(name: str) -> Callable[..., list[Any]]:
+    """``reap(settings, dry_run, ttl_override, now) -> [Finding]`` of a backend."""
+    if name == "local":
+        module, _, attribute = LOCAL_REAPER.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    return get(name).reap
 
 
 @cache

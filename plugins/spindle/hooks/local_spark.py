@@ -104,6 +104,8 @@ class LocalSparkCluster:
     status: str = "STARTING"
     created_at: str = ""
     deleted_at: str | None = None
+    # Who created it (``dag``, ``run``): the reaper's report names them.
+    labels: dict[str, str] = field(default_factory=dict)
     master: DaemonProcess | None = None
     workers: list[DaemonProcess] = field(default_factory=list)
 
@@ -440,10 +442,12 @@ class LocalSparkClusterHook(BaseHook):
         cluster_id: str | None = None,
         cluster_id_prefix: str = "spindle-local",
         timeout: float = 120.0,
+        labels: dict[str, str] | None = None,
     ) -> LocalSparkCluster:
         """Start a master and ``num_workers`` workers; return once all workers are registered.
 
         On any failure the processes started so far are stopped before the error is raised.
+        ``labels`` (e.g. ``dag``, ``run``) are recorded in ``state.json``.
         """
         num_workers, worker_cores = int(num_workers), int(worker_cores)
         if num_workers < 1 or worker_cores < 1:
@@ -467,6 +471,7 @@ class LocalSparkClusterHook(BaseHook):
             worker_cores=worker_cores,
             worker_memory=memory,
             created_at=_utcnow(),
+            labels={str(k): str(v) for k, v in (labels or {}).items()},
         )
         self._write_state(cluster)
         env = self._daemon_env(cluster_id, folder)

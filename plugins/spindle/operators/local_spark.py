@@ -57,16 +57,24 @@ class LocalSparkCreateClusterOperator(BaseOperator):
         return self._hook
 
     def execute(self, context: Any) -> str:
+        ti = context["ti"]
         cluster = self.hook.create_cluster(
             num_workers=int(self.num_workers),
             worker_cores=int(self.worker_cores),
             worker_memory=int(self.worker_memory) if str(self.worker_memory).isdigit() else self.worker_memory,
             cluster_id_prefix=self.cluster_id_prefix,
             timeout=self.startup_timeout,
+            labels={"dag": ti.dag_id, "run": ti.run_id, "task": ti.task_id, "try": str(ti.try_number)},
         )
         self._cluster_id = cluster.cluster_id
-        context["ti"].xcom_push(key=XCOM_MASTER_URL, value=cluster.master_url)
-        context["ti"].xcom_push(key=XCOM_UI_URL, value=cluster.ui_url)
+        try:
+            ti.xcom_push(key=XCOM_MASTER_URL, value=cluster.master_url)
+            ti.xcom_push(key=XCOM_UI_URL, value=cluster.ui_url)
+        except BaseException:
+            # The id would never reach the teardown, and a retry creates a new cluster.
+            self.log.error("Could not publish local Spark cluster %s; deleting it", cluster.cluster_id)
+            self.hook.delete_cluster(cluster.cluster_id)
+            raise
         return cluster.cluster_id
 
     def on_kill(self) -> None:
