@@ -1,0 +1,219 @@
+"""SIGKILL to a task process, under a real Airflow: api-server, scheduler and dag-processor with
+LocalExecutor (``tests.support.ui.AirflowServer``), so the task runs in a process of its own,
+below the executor's supervisor, and nothing of it runs after the signal (no ``on_kill``).
+
+- ``sigkill_create_task``: the ``create_cluster`` task process dies while it waits for its
+  cluster's workers to register.
+- ``sigkill_embed_task``: the ``embed_text`` task process dies while its job runs; spark-submit
+  runs in a session of its own and is not killed with it.
+
+Each test records what is left when the run has ended (and how long the cleanup took, when it
+happened). Opt-in (``SPINDLE_FAULTS_REAL_SCHEDULER=1``, set by ``scripts/faults.py
+--real-scheduler``): starting a real Airflow costs 1-2 minutes on 2 cores, too long for the
+normal test command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psutil
+import pytest
+
+from tests.support.faults import NIGHTLY, POINTER, Lane, active_app, cluster_pids, kill, python_workers
+from tests.support.ui import AirflowServer, marked_pids
+
+pytestmark = [
+    pytest.mark.backends("local"),
+    pytest.mark.timeout(1500),
+    pytest.mark.skipif(
+        os.environ.get("SPINDLE_FAULTS_REAL_SCHEDULER") != "1",
+        reason="needs a real scheduler (1-2 min to start): SPINDLE_FAULTS_REAL_SCHEDULER=1 or scripts/faults.py",
+    ),
+]
+
+
+class FaultServer(AirflowServer):
+    """The UI tests' Airflow, with no task retries (the kill hits the last try) and a short
+    heartbeat timeout, so that the scheduler also notices a task whose supervisor died."""
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update(
+            {
+                "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "0",
+                "SPINDLE_TASK_RETRIES": "0",  # Spindle's DAGs set their own retries (default 2)
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+                "SPINDLE_PROGRESS_INTERVAL": "0",
+            }
+        )
+        return env
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = FaultServer(log_dir=tmp_path_factory.mktemp("fault-airflow-logs"))
+    try:
+        server.start()
+        server.wait_for_dag(NIGHTLY)
+        server.api("PATCH", f"/dags/{NIGHTLY}", {"is_paused": False})
+        yield server
+    finally:
+        server.stop()
+        server.cleanup()
+
+
+def _trigger(server: FaultServer) -> str:
+    conf = Lane("local", []).conf(limit=1000)
+    conf.pop("backend")
+    run = server.api("POST", f"/dags/{NIGHTLY}/dagRuns", {"logical_date": None, "conf": conf})
+    return run["dag_run_id"]
+
+
+def _states(server: FaultServer, run_id: str) -> dict[str, str]:
+    from urllib.parse import quote
+
+    data = server.api("GET", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100")
+    return {ti["task_id"]: str(ti["state"]) for ti in data["task_instances"]}
+
+
+def _wait(find, timeout: float, server: FaultServer, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = find()
+        if found is not None:
+            return found
+        server._check_running()
+        time.sleep(interval)
+    raise TimeoutError("the moment to inject the fault never came")
+
+
+def _ours(proc: psutil.Process, server: FaultServer) -> bool:
+    try:
+        return proc.environ().get("SPINDLE_UI_TEST_RUN") == server.run_token
+    except psutil.Error:
+        return False
+
+
+def _wait_clean(server: FaultServer, cluster_id: str, since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` until no process of the cluster is left; None if some still are."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not cluster_pids(server.clusters_dir, cluster_id):
+            return round(time.monotonic() - since, 1)
+        time.sleep(0.5)
+    return None
+
+
+def _finish(server: FaultServer, run_id: str, record, cluster_id: str, killed_at: float) -> dict[str, str]:
+    run = server.wait_for_run(NIGHTLY, run_id, timeout=600)
+    record.run_state = run["state"]
+    record.cleanup_seconds = _wait_clean(server, cluster_id, killed_at, timeout=30)
+    record.clusters_left = 1 if cluster_pids(server.clusters_dir, cluster_id) else 0
+    states = _states(server, run_id)
+    record.note("tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v != "skipped"))
+    return states
+
+
+def test_sigkill_create_task(backend, server, record):
+    run_id = _trigger(server)
+
+    def starting_master():
+        for state in server.clusters_dir.glob("*/state.json"):
+            data = json.loads(state.read_text() or "{}")
+            master = data.get("master") or {}
+            if data.get("status") == "STARTING" and master.get("pid") and psutil.pid_exists(master["pid"]):
+                return data
+        return None
+
+    cluster = _wait(starting_master, 300, server, interval=0.05)
+    task_process = psutil.Process(cluster["master"]["pid"]).parent()  # the task process started the daemon
+    assert task_process is not None and _ours(task_process, server)
+    killed = kill(task_process)
+    killed_at = time.monotonic()
+    record.note(
+        f"SIGKILL to the create_cluster task process {killed['pid']} while cluster {cluster['cluster_id']} started"
+    )
+    states = _finish(server, run_id, record, cluster["cluster_id"], killed_at)
+    # What happens is recorded, whatever it is; the run must end, and not succeed.
+    assert record.run_state == "failed", states
+    assert states["create_cluster"] in ("failed", "up_for_retry"), states
+    if record.clusters_left:
+        left = cluster_pids(server.clusters_dir, cluster["cluster_id"])
+        record.note(f"cluster left running ({len(left)} processes): the teardown does not run when its setup failed")
+        record.note("; ".join(_reap_now(server, cluster["cluster_id"])))
+
+
+def test_sigkill_embed_task(backend, server, record):
+    pointer_file = server.spindle_home / "warehouse" / POINTER
+    pointer = pointer_file.read_bytes() if pointer_file.exists() else None
+    run_id = _trigger(server)
+
+    def driver_mid_job():
+        app = active_app([server.clusters_dir], "embed_text")
+        if app is None or not python_workers(app.folder):
+            return None
+        for proc in psutil.process_iter():
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except psutil.Error:
+                continue
+            if "SparkSubmit" in cmdline and "embed_text.py" in cmdline and _ours(proc, server):
+                return app, proc
+        return None
+
+    app, submit = _wait(driver_mid_job, 600, server)
+    task_process = submit.parent()
+    killed = kill(task_process)
+    killed_at = time.monotonic()
+    record.note(f"SIGKILL to the embed_text task process {killed['pid']} while {app.app_id} ran")
+    states = _finish(server, run_id, record, app.cluster_id, killed_at)
+    driver_left = submit.is_running() and submit.status() != psutil.STATUS_ZOMBIE
+    record.note("spark-submit of the killed task " + ("still running at the end" if driver_left else "gone"))
+    moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
+    record.note("latest.json " + ("MOVED by the orphaned driver" if moved else "not moved"))
+    assert record.run_state == "failed", states
+    assert states["embed_text"] == "failed", states
+    leftovers = [p for p in marked_pids(server.run_token) if "embed_text.py" in " ".join(_cmdline(p))]
+    if leftovers:
+        record.note(f"embed_text driver processes left: {leftovers}")
+    assert states["delete_cluster"] == "success", states
+    assert record.clusters_left == 0
+
+
+def _reap_now(server: FaultServer, cluster_id: str) -> list[str]:
+    """What the local reaper (``spindle.backends.local``) does with the cluster at its next
+    scheduled run once the TTL has passed (here: TTL 0); deleted by hand if it does not."""
+    notes = []
+    saved = os.environ.get("SPINDLE_HOME")
+    os.environ["SPINDLE_HOME"] = str(server.spindle_home)
+    try:
+        from spindle.backends import local
+
+        found = local.reap({}, dry_run=False, ttl_override=0, now=time.time())
+        notes.append(f"the local reaper (TTL 0) found {[getattr(f, 'resource_id', str(f)) for f in found]}")
+    except Exception as err:  # noqa: BLE001 - recorded; the cluster is then deleted by hand below
+        notes.append(f"the local reaper failed: {err!r}")
+    finally:
+        if saved is None:
+            os.environ.pop("SPINDLE_HOME", None)
+        else:
+            os.environ["SPINDLE_HOME"] = saved
+    if cluster_pids(server.clusters_dir, cluster_id):
+        from spindle.hooks.local_spark import LocalSparkClusterHook
+
+        LocalSparkClusterHook(home=str(server.clusters_dir)).delete_cluster(cluster_id)
+        notes.append("still running after the reaper: deleted by hand")
+    else:
+        notes.append("gone after the reaper's run")
+    return notes
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []

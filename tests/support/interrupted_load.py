@@ -1,0 +1,62 @@
+"""``python -m tests.support.interrupted_load``: load one embeddings output into milvus-lite with
+``spindle.vectors.loading.load_embeddings`` (what the ``load_vectors`` task runs), optionally
+stopping half way so that a fault test can SIGKILL it there.
+
+The store's ``upsert`` is counted, not changed: after each batch this prints ``UPSERTED <n>``;
+with ``--pause-after K`` it prints ``PAUSED`` after batch K and waits for the signal that kills
+it (the test sends SIGKILL: no cleanup runs, as when the OS or the OOM killer ends a worker).
+Without it, the load runs to the end and prints ``RESULT <json>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.interrupted_load")
+    parser.add_argument("embeddings")
+    parser.add_argument("--books")
+    parser.add_argument("--uri", required=True, help="milvus-lite .db path")
+    parser.add_argument("--alias", default="books_text")
+    parser.add_argument("--version", required=True)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--pause-after", type=int, default=0, help="batches to upsert before pausing (0: never)")
+    args = parser.parse_args(argv)
+
+    from spindle.vectors.loading import load_embeddings
+    from spindle.vectors.store import MilvusVectorStore
+
+    batches = 0
+    upsert = MilvusVectorStore.upsert
+
+    def counted_upsert(self, name, rows):
+        nonlocal batches
+        done = upsert(self, name, rows)
+        batches += 1
+        print(f"UPSERTED {batches}", flush=True)
+        if batches == args.pause_after:
+            print("PAUSED", flush=True)
+            while True:  # until the test's SIGKILL
+                time.sleep(60)
+        return done
+
+    MilvusVectorStore.upsert = counted_upsert
+    with MilvusVectorStore(args.uri) as store:
+        result = load_embeddings(
+            store,
+            args.embeddings,
+            alias=args.alias,
+            version=args.version,
+            books_path=args.books,
+            batch_size=args.batch_size,
+        )
+    print("RESULT " + json.dumps(result.as_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
