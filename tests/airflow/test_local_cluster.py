@@ -80,6 +80,9 @@ def test_parse_metrics_line():
     assert parse_metrics_line('SPINDLE_METRICS {"rows": 3}') == {"rows": 3}
     assert parse_metrics_line('INFO something SPINDLE_METRICS {"a": [1]}') == {"a": [1]}
     assert parse_metrics_line("SPINDLE_METRICS not json") is None
+    # The JVM's log line glued to the object before the driver's newline reached the stream.
+    glued = 'SPINDLE_METRICS {"sum": 90}26/12/01 16:28:03 INFO SparkContext: SparkContext is stopping'
+    assert parse_metrics_line(glued) == {"sum": 90}
     assert parse_metrics_line("no metrics here") is None
 
 

@@ -33,12 +33,15 @@ _APP_ID_RE = re.compile(r"\b(app-\d{14}-\d{4,})\b")
 
 
 def parse_metrics_line(line: str) -> dict[str, Any] | None:
-    """The JSON object of a ``SPINDLE_METRICS {json}`` line, or None for any other line."""
+    """The JSON object of a ``SPINDLE_METRICS {json}`` line, or None for any other line.
+
+    Only the object itself is read: the driver's stdout and the JVM's stderr reach us as one
+    stream, and a log line can land right after the object before its newline does."""
     index = line.find(METRICS_PREFIX)
     if index < 0:
         return None
     try:
-        value = json.loads(line[index + len(METRICS_PREFIX) :])
+        value, _ = json.JSONDecoder().raw_decode(line[index + len(METRICS_PREFIX) :].lstrip())
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
