@@ -11,6 +11,11 @@ Serverless applications stopped and deleted), whatever the `dry_run` param says.
 **Manual runs are dry runs by default** (`dry_run` defaults to true): the report lists what
 would be deleted and nothing is; trigger with `dry_run: false` to delete. Cloud backends whose
 settings Variable (`spindle_backend_<name>`) is not set are skipped and reported.
+
+`drop_partial_vectors` does the same for vector versions: a `load_vectors` killed half way and
+never re-run leaves a collection marked partial (never behind an alias, never a rollback
+target); those older than the TTL (`ttl_hours`, else env `SPINDLE_LOCAL_TTL_HOURS`, else 6 h) are
+dropped, with the same dry-run rule.
 """
 
 from __future__ import annotations
@@ -68,4 +73,26 @@ with DAG(
         dry_run = is_dry_run(context["dag_run"].run_type, bool(params["dry_run"]))
         return reap(list(params["backends"]), dry_run=dry_run, ttl_hours=params["ttl_hours"])
 
+    @task(task_id="drop_partial_vectors")
+    def drop_partial_vectors() -> dict:
+        """Drop vector versions whose load never completed and that are older than the TTL."""
+        import datetime as dt
+
+        from spindle.backends.local import default_ttl_hours
+        from spindle.backends.reaper import is_dry_run
+        from spindle.vectors.hook import MilvusHook
+
+        context = get_current_context()
+        params = context["params"]
+        dry_run = is_dry_run(context["dag_run"].run_type, bool(params["dry_run"]))
+        hours = params["ttl_hours"] if params["ttl_hours"] is not None else default_ttl_hours()
+        with MilvusHook().get_conn() as store:
+            found = store.drop_partial(dt.timedelta(hours=hours), dry_run=dry_run)
+        names = [info.name for info in found]
+        print(f"{'would drop' if dry_run else 'dropped'} {len(names)} partial vector version(s) older than {hours} h")
+        for name in names:
+            print(f"  {name}")
+        return {"dry_run": dry_run, "partial_versions": names}
+
     reap_expired()
+    drop_partial_vectors()

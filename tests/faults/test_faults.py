@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 
@@ -51,7 +50,7 @@ from tests.support.faults import (
     python_workers,
     sigterm_self,
 )
-from tests.support.paths import REPO
+from tests.support.interrupted_load import start_loader
 
 pytestmark = [pytest.mark.usefixtures("airflow_db"), pytest.mark.timeout(1200)]
 
@@ -205,24 +204,7 @@ def test_executor_python_worker_killed(backend, lane, fault_dagbag, record, capf
 
 # --------------------------------------------------------------------------- (c)
 def _loader(db, data: dict, version: str, batch_size: int, pause_after: int = 0) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "tests.support.interrupted_load",
-        data["embeddings"],
-        "--books",
-        data["books"],
-        "--uri",
-        str(db),
-        "--version",
-        version,
-        "--batch-size",
-        str(batch_size),
-        "--pause-after",
-        str(pause_after),
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after)
 
 
 def _whole(store, alias: str) -> tuple[str, int, int]:
@@ -268,10 +250,12 @@ def test_load_vectors_interrupted(backend, lane, fault_dagbag, record, tmp_path)
         name, count, distinct = _whole(store, "books_text")
         partial = [c for c in store.client.list_collections() if c != name]
         partial_rows = [store.count(c) for c in partial]
+        marked = [store.collection_info(c).complete for c in [name, *partial]]
     record.note(f"after the kill: alias -> {name} ({count} rows); partial collection(s) {partial_rows}")
     assert name.endswith("v1"), "the alias moved to the interrupted version"
     assert count == distinct == rows, "the alias points at a collection that is not whole"
     assert len(partial) == 1 and 0 < partial_rows[0] < rows
+    assert marked == [True, False], "the interrupted version must be marked partial, the aliased one complete"
 
     rerun = _loader(db, data, "v2", batch_size)
     output, _ = rerun.communicate(timeout=300)

@@ -12,8 +12,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start_loader(
+    db: Path, embeddings: str, books: str | None, version: str, batch_size: int, pause_after: int = 0
+) -> subprocess.Popen:
+    """This command in a subprocess (stdout and stderr merged, text), for a test to read and kill."""
+    command = [sys.executable, "-m", "tests.support.interrupted_load", str(embeddings), "--uri", str(db)]
+    command += ["--version", version, "--batch-size", str(batch_size), "--pause-after", str(pause_after)]
+    if books:
+        command += ["--books", str(books)]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_when_paused(loader: subprocess.Popen) -> None:
+    """SIGKILL the loader once it says PAUSED; fails if it ended first."""
+    for line in loader.stdout:
+        if line.strip() == "PAUSED":
+            loader.kill()
+            if loader.wait(timeout=30) != -9:
+                raise AssertionError(f"the loader did not die of SIGKILL: {loader.returncode}")
+            return
+    raise AssertionError(f"the loader ended before pausing: exit {loader.wait()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,7 @@ def test_alias_switches_to_a_new_version_and_back(store, corpus):
     assert [info.name for info in store.versions("books_text")] == [v1.collection, v2.collection]
     assert store.rollback("books_text") == v1.collection
     assert store.resolve_alias("books_text") == v1.collection
-    with pytest.raises(VectorStoreError, match="oldest version"):
+    with pytest.raises(VectorStoreError, match="oldest complete version"):
         store.rollback("books_text")
     assert store.switch_alias("books_text", v2.collection) == v1.collection
     assert store.resolve_alias("books_text") == v2.collection

@@ -223,6 +223,7 @@ def load_embeddings(
         read, skipped, missing = read + n_read, skipped + n_skipped, missing + n_missing
     store.flush(name)
     in_collection = store.count(name)
+    store.mark_complete(name)  # only now may an alias point at it, or a rollback go to it
     previous = store.switch_alias(alias, name) if switch_alias else None
     return LoadResult(
         alias=alias,

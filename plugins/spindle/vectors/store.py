@@ -39,6 +39,11 @@ OUTPUT_FIELDS = ["title", "author", "year", "cover_url"]
 EXACT_INDEX_MAX_ROWS = 50_000
 HNSW_BUILD = {"M": 16, "efConstruction": 200}
 PROP = "spindle."  # prefix of our collection properties
+# ``spindle.state`` of a collection: "loading" from its creation until every row is in, then
+# "complete". A load killed half way leaves "loading": such a version is never a rollback target
+# and is dropped by :meth:`MilvusVectorStore.drop_partial` (the reaper DAG) once old enough.
+# Collections from before this property existed have none and count as complete.
+STATE_LOADING, STATE_COMPLETE = "loading", "complete"
 _NAME_RE = re.compile(r"[^a-z0-9]+")
 
 
@@ -125,6 +130,17 @@ class CollectionInfo:
     def prop(self, key: str, default: str | None = None) -> str | None:
         return self.properties.get(PROP + key, default)
 
+    @property
+    def complete(self) -> bool:
+        """Whether every row of its load went in (see ``STATE_LOADING``)."""
+        return self.prop("state") != STATE_LOADING
+
+    def created(self) -> dt.datetime | None:
+        try:
+            return dt.datetime.fromisoformat(self.prop("created_at") or "")
+        except ValueError:
+            return None
+
 
 # --------------------------------------------------------------------------- the store
 class MilvusVectorStore:
@@ -184,7 +200,9 @@ class MilvusVectorStore:
             name,
             schema=self._schema(dim),
             index_params=index,
-            properties={PROP + k: str(v) for k, v in (properties or {}).items() if v is not None},
+            properties={
+                PROP + k: str(v) for k, v in {**(properties or {}), "state": STATE_LOADING}.items() if v is not None
+            },
         )
         self._loaded.add(name)  # create_collection with index params loads it
         return True
@@ -238,8 +256,31 @@ class MilvusVectorStore:
         result = self.client.query(name, filter="", output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
+    def mark_complete(self, name: str) -> None:
+        """Record that every row of the load is in ``name`` (before any alias may point at it)."""
+        completed = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.client.alter_collection_properties(
+            name, properties={PROP + "state": STATE_COMPLETE, PROP + "completed_at": completed}
+        )
+
     def drop_collection(self, name: str) -> None:
         self.client.drop_collection(name)
+
+    def drop_partial(self, older_than: dt.timedelta, dry_run: bool = False) -> list[CollectionInfo]:
+        """Drop Spindle's collections whose load never completed (killed and never re-run),
+        created more than ``older_than`` ago and not behind any alias; returns them. Younger
+        ones are left alone: their load may still be running, or be retried."""
+        cutoff = dt.datetime.now(dt.timezone.utc) - older_than
+        dropped = []
+        for name in self.client.list_collections():
+            info = self.collection_info(name)
+            created = info.created()
+            if info.prop("alias") is None or info.complete or info.aliases or created is None or created > cutoff:
+                continue
+            if not dry_run:
+                self.drop_collection(name)
+            dropped.append(info)
+        return dropped
 
     def collection_info(self, name: str) -> CollectionInfo:
         described = self.client.describe_collection(name)
@@ -263,6 +304,10 @@ class MilvusVectorStore:
         collection it pointed at before, or None."""
         if not self.client.has_collection(collection):
             raise VectorStoreError(f"collection {collection!r} does not exist")
+        if not self.collection_info(collection).complete:
+            raise VectorStoreError(
+                f"collection {collection!r} is partial (its load never completed): re-run that load first"
+            )
         try:
             previous = self.resolve_alias(alias)
         except VectorStoreError:
@@ -286,10 +331,12 @@ class MilvusVectorStore:
     def previous_version(self, alias: str) -> str:
         """The version loaded right before the one ``alias`` points at (the rollback target)."""
         current = self.resolve_alias(alias)
-        names = [info.name for info in self.versions(alias)]
+        names = [info.name for info in self.versions(alias) if info.complete or info.name == current]
         position = names.index(current) if current in names else len(names)
         if position == 0:
-            raise VectorStoreError(f"alias {alias!r} points at its oldest version {current!r}: nothing to roll back to")
+            raise VectorStoreError(
+                f"alias {alias!r} points at its oldest complete version {current!r}: nothing to roll back to"
+            )
         return names[position - 1]
 
     def rollback(self, alias: str) -> str:
