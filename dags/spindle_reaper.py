@@ -5,7 +5,10 @@ Lists the local Spark clusters still running (`$SPINDLE_HOME/clusters/<id>/state
 `ttl_hours` param, else env `SPINDLE_LOCAL_TTL_HOURS`, else 6 h) and the Data Proc clusters, EMR
 job flows and EMR Serverless applications labelled `spindle-managed=true` (every Spindle create is
 labelled with its DAG id, run id, creation time and TTL), and marks those older than their
-`spindle-ttl-hours` label (or the `ttl_hours` param) as expired. **Scheduled runs delete** the
+`spindle-ttl-hours` label (or the `ttl_hours` param) as expired; so is, before its TTL, a cluster of a
+single run (`spindle-scope=run`, every local cluster) older than 15 minutes
+(`SPINDLE_ORPHAN_GRACE_MINUTES`) whose DAG has no queued or running run: an orphan nothing will
+use or delete (its create task was killed, its run was marked failed and the teardown skipped). **Scheduled runs delete** the
 expired ones (local clusters stopped, Data Proc clusters deleted, EMR job flows terminated,
 Serverless applications stopped and deleted), whatever the `dry_run` param says.
 **Manual runs are dry runs by default** (`dry_run` defaults to true): the report lists what
@@ -28,7 +31,7 @@ from spindle.pipelines import task_defaults
 with DAG(
     dag_id="spindle_reaper",
     description="Delete Spindle's clusters (local and cloud) past their TTL (manual runs: dry run by default)",
-    schedule="30 * * * *",
+    schedule="*/15 * * * *",  # an orphan lives at most ~30 min (grace + interval)
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -71,7 +74,14 @@ with DAG(
         context = get_current_context()
         params = context["params"]
         dry_run = is_dry_run(context["dag_run"].run_type, bool(params["dry_run"]))
-        return reap(list(params["backends"]), dry_run=dry_run, ttl_hours=params["ttl_hours"])
+        ti = context["ti"]
+
+        def dag_is_active(dag_id: str) -> bool:
+            return ti.get_dr_count(dag_id=dag_id, states=["queued", "running"]) > 0
+
+        return reap(
+            list(params["backends"]), dry_run=dry_run, ttl_hours=params["ttl_hours"], dag_is_active=dag_is_active
+        )
 
     @task(task_id="drop_partial_vectors")
     def drop_partial_vectors() -> dict:

@@ -58,7 +58,10 @@ def test_scheduled_reaper_run_stops_an_expired_local_cluster_manual_run_does_not
 
         run, states = run_dag(dagbag, "spindle_reaper", backends=["local"])
         output = "".join(capfd.readouterr())
-        assert str(run.run_type) in ("manual", "DagRunType.MANUAL") and states == {"reap": "success"}
+        assert str(run.run_type) in ("manual", "DagRunType.MANUAL") and states == {
+            "reap": "success",
+            "drop_partial_vectors": "success",
+        }
         assert "DRY RUN" in output
         rows = [line for line in output.splitlines() if line.lstrip().startswith("local ")]  # the report's rows
         assert any(
@@ -68,7 +71,7 @@ def test_scheduled_reaper_run_stops_an_expired_local_cluster_manual_run_does_not
         assert hook.get_cluster(old.cluster_id).status == "RUNNING" and hook.cluster_processes(old.cluster_id)
 
         run, states = run_dag_scheduled(dagbag, "spindle_reaper", backends=["local"], dry_run=True)
-        assert run.run_type == "scheduled" and states == {"reap": "success"}
+        assert run.run_type == "scheduled" and states == {"reap": "success", "drop_partial_vectors": "success"}
         assert hook.get_cluster(old.cluster_id).status == "DELETED"
         assert hook.cluster_processes(old.cluster_id) == []
         assert hook.get_cluster(young_id).status == "RUNNING"  # not expired: kept
@@ -103,3 +106,48 @@ def test_local_ttl_from_the_param_or_env(monkeypatch, tmp_path):
     monkeypatch.setenv("SPINDLE_LOCAL_TTL_HOURS", "12")
     assert verdicts() == {"a": False, "b": False}
     assert all(f.action == "would delete" for f in local.reap({}, True, 0, now))
+
+
+def _state_only_cluster(hook, cluster_id: str, minutes_old: float, dag: str) -> str:
+    """A cluster's ``state.json`` as ``create_cluster`` records it (no processes: the verdict and
+    the delete are what is tested), created ``minutes_old`` ago by a run of ``dag``."""
+    from spindle.hooks.local_spark import LocalSparkCluster
+
+    folder = Path(hook.home) / cluster_id
+    folder.mkdir(parents=True)
+    created = (datetime.now(UTC) - timedelta(minutes=minutes_old)).isoformat(timespec="seconds")
+    cluster = LocalSparkCluster(
+        cluster_id, str(folder), "127.0.0.1", "spark://x:1", "http://x:1", 1, 1, "1g", "RUNNING", created
+    )
+    cluster.labels = {"dag": dag, "run": "manual__orphan"}
+    (folder / "state.json").write_text(cluster.to_json())
+    return cluster_id
+
+
+def test_orphans_go_before_their_ttl_when_their_dag_has_no_active_run(monkeypatch, capfd):
+    """A cluster younger than its TTL whose DAG has no queued or running run (as Airflow says:
+    the task asks it) is an orphan once past the grace period; one whose DAG is running (here the
+    reaper itself) or that is younger than the grace period is kept."""
+    from spindle.hooks.local_spark import LocalSparkClusterHook
+
+    monkeypatch.setenv("SPINDLE_ORPHAN_GRACE_MINUTES", "10")
+    dagbag = parse_dags()
+    hook = LocalSparkClusterHook()
+    stamp = int(time.time())
+    orphan = _state_only_cluster(hook, f"spindle-local-orphan-{stamp}", 20, "spindle_test_dag_without_runs")
+    busy = _state_only_cluster(hook, f"spindle-local-busy-{stamp}", 20, "spindle_reaper")
+    fresh = _state_only_cluster(hook, f"spindle-local-fresh-{stamp}", 1, "spindle_test_dag_without_runs")
+    try:
+        run, states = run_dag(dagbag, "spindle_reaper", backends=["local"])  # manual: dry run
+        assert states["reap"] == "success"
+        rows = [line for line in "".join(capfd.readouterr()).splitlines() if line.lstrip().startswith("local ")]
+        assert any(orphan in r and "would delete" in r and "orphan: its DAG has no active run" in r for r in rows)
+        assert any(busy in r and " keep " in r for r in rows) and any(fresh in r and " keep " in r for r in rows)
+        assert hook.get_cluster(orphan).status == "RUNNING"
+
+        run, states = run_dag_scheduled(dagbag, "spindle_reaper", backends=["local"])
+        assert states["reap"] == "success"
+        assert [hook.get_cluster(c).status for c in (orphan, busy, fresh)] == ["DELETED", "RUNNING", "RUNNING"]
+    finally:
+        for cluster_id in (orphan, busy, fresh):
+            hook.delete_cluster(cluster_id)

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from tests.support.faults import NIGHTLY, POINTER, Lane, active_app, cluster_pids, kill, python_workers
+from tests.support.paths import REPO
 from tests.support.ui import AirflowServer, marked_pids
 
 pytestmark = [
@@ -48,6 +49,7 @@ class FaultServer(AirflowServer):
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
                 "SPINDLE_PROGRESS_INTERVAL": "0",
+                "SPINDLE_ORPHAN_GRACE_MINUTES": "0",  # the reaper may take an orphan at once
             }
         )
         return env
@@ -92,10 +94,35 @@ def _wait(find, timeout: float, server: FaultServer, interval: float = 0.2):
 
 
 def _ours(proc: psutil.Process, server: FaultServer) -> bool:
+    """Whether ``proc`` runs below this test's scheduler. (Not by its environment: a task process
+    renames itself with setproctitle, which overwrites what ``/proc/<pid>/environ`` shows.)"""
+    scheduler = server.procs["scheduler"].pid
     try:
-        return proc.environ().get("SPINDLE_UI_TEST_RUN") == server.run_token
+        return any(parent.pid == scheduler for parent in proc.parents())
     except psutil.Error:
         return False
+
+
+def _task_logs(server: FaultServer, run_id: str, task_id: str) -> str:
+    """Every try's log of a task, through the REST API (as the UI shows it)."""
+    from urllib.parse import quote
+
+    base = f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+    tries = server.api("GET", base)["try_number"]
+    logs = []
+    for number in range(1, tries + 1):
+        try:
+            content = server.api("GET", f"{base}/logs/{number}?full_content=true").get("content")
+        except Exception as err:  # noqa: BLE001 - for the record only
+            content = repr(err)
+        logs.append(f"--- try {number}\n{json.dumps(content, default=str)[-6000:]}")
+    return "\n".join(logs)
+
+
+def _save(server: FaultServer, name: str, text: str) -> None:
+    folder = REPO / "test-artifacts" / "faults"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
 
 
 def _wait_clean(server: FaultServer, cluster_id: str, since: float, timeout: float) -> float | None:
@@ -144,7 +171,9 @@ def test_sigkill_create_task(backend, server, record):
     if record.clusters_left:
         left = cluster_pids(server.clusters_dir, cluster["cluster_id"])
         record.note(f"cluster left running ({len(left)} processes): the teardown does not run when its setup failed")
-        record.note("; ".join(_reap_now(server, cluster["cluster_id"])))
+        notes = _reap_now(server, cluster["cluster_id"])
+        record.note("; ".join(notes))
+        assert "deleted by hand" not in notes[-1], "the reaper's orphan rule left the cluster running"
 
 
 def test_sigkill_embed_task(backend, server, record):
@@ -167,10 +196,13 @@ def test_sigkill_embed_task(backend, server, record):
 
     app, submit = _wait(driver_mid_job, 600, server)
     task_process = submit.parent()
+    assert task_process is not None and _ours(task_process, server)
+    lineage = " < ".join(f"{p.pid} {p.name()}" for p in [task_process, *task_process.parents()[:3]])
     killed = kill(task_process)
     killed_at = time.monotonic()
-    record.note(f"SIGKILL to the embed_text task process {killed['pid']} while {app.app_id} ran")
+    record.note(f"SIGKILL to the embed_text task process {killed['pid']} while {app.app_id} ran ({lineage})")
     states = _finish(server, run_id, record, app.cluster_id, killed_at)
+    _save(server, "sigkill_embed_task.log", _task_logs(server, run_id, "embed_text"))
     driver_left = submit.is_running() and submit.status() != psutil.STATUS_ZOMBIE
     record.note("spark-submit of the killed task " + ("still running at the end" if driver_left else "gone"))
     moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
@@ -185,30 +217,25 @@ def test_sigkill_embed_task(backend, server, record):
 
 
 def _reap_now(server: FaultServer, cluster_id: str) -> list[str]:
-    """What the local reaper (``spindle.backends.local``) does with the cluster at its next
-    scheduled run once the TTL has passed (here: TTL 0); deleted by hand if it does not."""
-    notes = []
-    saved = os.environ.get("SPINDLE_HOME")
-    os.environ["SPINDLE_HOME"] = str(server.spindle_home)
-    try:
-        from spindle.backends import local
-
-        found = local.reap({}, dry_run=False, ttl_override=0, now=time.time())
-        notes.append(f"the local reaper (TTL 0) found {[getattr(f, 'resource_id', str(f)) for f in found]}")
-    except Exception as err:  # noqa: BLE001 - recorded; the cluster is then deleted by hand below
-        notes.append(f"the local reaper failed: {err!r}")
-    finally:
-        if saved is None:
-            os.environ.pop("SPINDLE_HOME", None)
-        else:
-            os.environ["SPINDLE_HOME"] = saved
+    """Trigger the reaper DAG on the same Airflow (``dry_run: false``; the orphan grace is 0 in
+    this server) and record what it did with the cluster: the nightly DAG has no active run any
+    more, so its cluster is an orphan, whatever its TTL. Deleted by hand if it is still there."""
+    reaper = "spindle_reaper"
+    server.wait_for_dag(reaper)
+    server.api("PATCH", f"/dags/{reaper}", {"is_paused": False})
+    started = time.monotonic()
+    run = server.api(
+        "POST", f"/dags/{reaper}/dagRuns", {"logical_date": None, "conf": {"dry_run": False, "backends": ["local"]}}
+    )
+    done = server.wait_for_run(reaper, run["dag_run_id"], timeout=300)
+    notes = [f"reaper run (dry_run false): {done['state']} in {time.monotonic() - started:.0f} s"]
     if cluster_pids(server.clusters_dir, cluster_id):
         from spindle.hooks.local_spark import LocalSparkClusterHook
 
         LocalSparkClusterHook(home=str(server.clusters_dir)).delete_cluster(cluster_id)
-        notes.append("still running after the reaper: deleted by hand")
+        notes.append("still running after the reaper's run: deleted by hand")
     else:
-        notes.append("gone after the reaper's run")
+        notes.append("gone after the reaper's run (orphan: its DAG had no active run)")
     return notes
 
 

@@ -31,6 +31,11 @@ LABEL_RUN = "spindle-run"
 LABEL_TTL = "spindle-ttl-hours"
 LABEL_CREATED = "spindle-created"
 LABEL_BACKEND = "spindle-backend"
+#: "run": the cluster serves one DAG run, which deletes it (the reaper may delete it as soon as
+#: its DAG has no active run); "shared": it outlives the run that created it.
+LABEL_SCOPE = "spindle-scope"
+#: The DAG that creates a cluster for other DAGs' runs (Data Proc strategy ``shared``).
+SHARED_CLUSTER_DAG = "spindle_shared_cluster_open"
 
 XCOM_SPARK_UI_URL = "spark_ui_url"
 XCOM_CONSOLE_URL = "console_url"
@@ -53,6 +58,7 @@ def spindle_labels(context: Mapping[str, Any], backend: str, ttl_hours: float) -
         LABEL_RUN: label_value(ti.run_id),
         LABEL_TTL: str(int(ttl_hours)),
         LABEL_CREATED: str(int(time.time())),
+        LABEL_SCOPE: "shared" if ti.dag_id == SHARED_CLUSTER_DAG else "run",
     }
 
 

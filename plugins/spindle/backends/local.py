@@ -5,6 +5,7 @@ A local cluster records ``created_at`` (and who created it: ``labels`` ``dag``, 
 ``STARTING`` or ``FAILED``) and older than the TTL is expired; deleting it stops its processes
 (``LocalSparkClusterHook.delete_cluster``: idempotent, verifies they are gone) and keeps its logs.
 The TTL: the reaper's ``ttl_hours`` when given, else env ``SPINDLE_LOCAL_TTL_HOURS``, else 6 hours.
+Before its TTL, a cluster whose DAG has no active run is an orphan and deleted too (:mod:`.reaper`).
 Local clusters have no settings Variable: the reaper always looks at them.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_TTL
+from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_SCOPE, LABEL_TTL
 
 ENV_TTL_HOURS = "SPINDLE_LOCAL_TTL_HOURS"
 DEFAULT_TTL_HOURS = 6.0
@@ -54,6 +55,7 @@ def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None,
             LABEL_TTL: str(ttl),
             LABEL_DAG: cluster.labels.get("dag", ""),
             LABEL_RUN: cluster.labels.get("run", ""),
+            LABEL_SCOPE: "run",  # a local cluster always belongs to the run that created it
         }
         found = finding("local", cluster.cluster_id, cluster.cluster_id, labels, now, ttl_override)
         act_on(found, dry_run, hook.delete_cluster, cluster.cluster_id)

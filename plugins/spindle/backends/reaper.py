@@ -5,7 +5,11 @@ Every create is labelled (Data Proc labels, EMR / EMR Serverless tags) with
 and ``spindle-ttl-hours``. A resource is *expired* when it is older than its own TTL label (or
 than ``ttl_hours`` when the reaper is given one). Only live resources are considered (Data Proc
 clusters not being deleted, EMR job flows not terminated, Serverless applications not
-terminated). Dry run by default: the report says what *would* be deleted; the reaper DAG's
+terminated). A resource labelled ``spindle-scope=run`` (it serves one DAG run, which deletes it)
+is also expired, before its TTL, once it is older than a grace period (env
+``SPINDLE_ORPHAN_GRACE_MINUTES``, 15) and its DAG has no queued or running run: nothing will use
+or delete it any more (its create task was killed, the run was marked failed and its teardown
+skipped, the scheduler died...). Dry run by default: the report says what *would* be deleted; the reaper DAG's
 scheduled runs are never dry runs (:func:`is_dry_run`). Each backend's
 folder lists and deletes its own resources (``Backend.reap``, see :mod:`.registry`; the local
 lane's clusters: :mod:`.local`, no labels but ``state.json``'s ``created_at``); this module
@@ -14,13 +18,45 @@ has the verdict (:func:`finding`) and the report.
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from spindle.backends import registry
-from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_TTL
+from spindle.backends.common import LABEL_CREATED, LABEL_DAG, LABEL_MANAGED, LABEL_RUN, LABEL_SCOPE, LABEL_TTL
+
+ENV_ORPHAN_GRACE_MINUTES = "SPINDLE_ORPHAN_GRACE_MINUTES"
+
+#: ``dag_id -> whether it has a queued or running run`` while a reaper run lasts (set by
+#: :func:`reap`; the backends' reapers call :func:`finding` without knowing about it).
+_dag_is_active: ContextVar[Callable[[str], bool] | None] = ContextVar("spindle_dag_is_active", default=None)
+
+
+def orphan_grace_minutes() -> float:
+    raw = os.environ.get(ENV_ORPHAN_GRACE_MINUTES, "").strip()
+    return float(raw) if raw else 15.0
+
+
+@contextmanager
+def dag_activity(is_active: Callable[[str], bool] | None) -> Iterator[None]:
+    token = _dag_is_active.set(is_active)
+    try:
+        yield
+    finally:
+        _dag_is_active.reset(token)
+
+
+def _orphaned(labels: dict[str, str], age_hours: float) -> bool:
+    """A run-scoped resource past the grace period whose DAG has no active run."""
+    is_active = _dag_is_active.get()
+    dag = labels.get(LABEL_DAG)
+    if is_active is None or labels.get(LABEL_SCOPE) != "run" or not dag:
+        return False
+    return age_hours * 60 > orphan_grace_minutes() and not is_active(dag)
 
 
 @dataclass
@@ -35,6 +71,7 @@ class Finding:
     expired: bool
     action: str = "keep"
     error: str | None = None
+    reason: str = ""
 
 
 def finding(
@@ -52,9 +89,14 @@ def finding(
     except ValueError:
         ttl = 6.0
     age = (now - created) / 3600 if created else float("inf")
-    return Finding(
+    found = Finding(
         backend, resource_id, name, labels.get(LABEL_DAG, ""), labels.get(LABEL_RUN, ""), round(age, 2), ttl, age > ttl
     )
+    if found.expired:
+        found.reason = "past its TTL"
+    elif _orphaned(labels, age):
+        found.expired, found.reason = True, "orphan: its DAG has no active run"
+    return found
 
 
 def act_on(found: Finding, dry_run: bool, delete: Callable[..., Any], *args: Any, verb: str = "delete") -> None:
@@ -79,9 +121,15 @@ def is_dry_run(run_type: str, requested: bool) -> bool:
 
 
 def reap(
-    backends: list[str], dry_run: bool = True, ttl_hours: float | None = None, now: float | None = None
+    backends: list[str],
+    dry_run: bool = True,
+    ttl_hours: float | None = None,
+    now: float | None = None,
+    dag_is_active: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
-    """Run the reapers of ``backends`` whose settings exist; return the report (and print it)."""
+    """Run the reapers of ``backends`` whose settings exist; return the report (and print it).
+    ``dag_is_active(dag_id)``: whether the DAG has a queued or running run (the reaper DAG asks
+    Airflow); without it, resources are judged by their TTL alone."""
     from airflow.sdk import Variable
 
     from spindle.backends.config import settings_variable, validate_settings
@@ -97,7 +145,8 @@ def reap(
                 report["skipped"][backend] = f"Airflow Variable {variable!r} is not set"
                 continue
             settings = validate_settings(backend, raw, f"Airflow Variable {variable!r}")
-        found = registry.reaper(backend)(settings, dry_run, ttl_hours, now)
+        with dag_activity(dag_is_active):
+            found = registry.reaper(backend)(settings, dry_run, ttl_hours, now)
         report["findings"] += [asdict(f) for f in found]
     print(format_report(report))
     return report
@@ -112,10 +161,12 @@ def format_report(report: dict[str, Any]) -> str:
         for f in rows:
             lines.append(
                 f"{f['backend']:<15} {f['resource_id']:<24} {f['age_hours']:>8} {f['ttl_hours']:>6}  "
-                f"{f['action']:<16} {f['dag']} / {f['run']}" + (f"  ERROR {f['error']}" if f["error"] else "")
+                f"{f['action']:<16} {f['dag']} / {f['run']}"
+                + (f"  ({f['reason']})" if f.get("reason") else "")
+                + (f"  ERROR {f['error']}" if f["error"] else "")
             )
     expired = sum(1 for f in rows if f["expired"])
-    lines.append(f"{len(rows)} Spindle resource(s) found, {expired} past their TTL.")
+    lines.append(f"{len(rows)} Spindle resource(s) found, {expired} expired (past their TTL or orphaned).")
     for backend, why in report["skipped"].items():
         lines.append(f"{backend}: skipped ({why})")
     return "\n".join(lines)
