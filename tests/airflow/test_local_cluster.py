@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -186,3 +187,52 @@ def test_on_kill_stops_the_driver_and_the_application(cluster, tmp_path):
     while len(LocalSparkClusterHook().cluster_processes(cluster.cluster_id)) > 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(LocalSparkClusterHook().cluster_processes(cluster.cluster_id)) == 2
+
+
+def test_a_task_process_killed_takes_its_driver_with_it(cluster, tmp_path):
+    """SIGKILL to the process that submitted (a task process the OS or Airflow's supervisor
+    killed: no ``on_kill`` runs): spark-submit gets the parent-death signal, and the driver JVM
+    and its Python child end instead of running on, orphaned, on the worker."""
+    app = tmp_path / "forever.py"
+    app.write_text(
+        "import time\nfrom pyspark.sql import SparkSession\n"
+        "SparkSession.builder.getOrCreate().sparkContext.parallelize(range(2), 2).foreach(lambda x: time.sleep(600))\n"
+    )
+    submitter = tmp_path / "submitter.py"
+    submitter.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, threading, time
+            from spindle.hooks.spark_app import SparkAppSubmitHook
+            hook = SparkAppSubmitHook(
+                master={cluster.master_url!r}, master_ui_url={cluster.ui_url!r},
+                conf={{"spark.pyspark.python": sys.executable, **{cluster.submit_conf()!r}}},
+                executor_cores=1, executor_memory="512m", total_executor_cores=2, name="spindle-test-orphan",
+            )
+            def report():
+                while hook.spark_app_id is None:
+                    time.sleep(0.2)
+                print("SUBMITTED", hook._submit_sp.pid, flush=True)
+            threading.Thread(target=report, daemon=True).start()
+            hook.submit({str(app)!r})
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, str(submitter)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while not line.startswith("SUBMITTED") and time.monotonic() < deadline:
+            line = proc.stdout.readline() or line
+        assert line.startswith("SUBMITTED"), "the application never started"
+        group = int(line.split()[1])
+        assert len(_group_members(group)) >= 2  # the driver JVM and its Python child
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while _group_members(group) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _group_members(group) == [], "spark-submit outlived the process that started it"
+    finally:
+        proc.kill()

@@ -216,6 +216,54 @@ def test_sigkill_embed_task(backend, server, record):
     assert record.clusters_left == 0
 
 
+def test_run_marked_failed_through_the_rest_api(backend, server, record):
+    """The run is marked failed through the REST API (as the UI's "Mark as failed" does) while
+    ``embed_text`` runs: Airflow fails the running task (its supervisor stops it: ``on_kill``) and
+    skips every pending task, the teardown included; the reaper's orphan rule takes the cluster."""
+    from urllib.parse import quote
+
+    pointer_file = server.spindle_home / "warehouse" / POINTER
+    pointer = pointer_file.read_bytes() if pointer_file.exists() else None
+    run_id = _trigger(server)
+
+    def embed_running():
+        app = active_app([server.clusters_dir], "embed_text")
+        return app if app is not None and python_workers(app.folder) else None
+
+    app = _wait(embed_running, 600, server)
+    server.api("PATCH", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
+    marked_at = time.monotonic()
+    record.note(f"run marked failed through the REST API while {app.app_id} ran")
+    record.run_state = server.wait_for_run(NIGHTLY, run_id, timeout=60)["state"]
+
+    deadline = time.monotonic() + 120  # the supervisor learns it at its next heartbeat
+    while time.monotonic() < deadline and _embed_drivers(server):
+        time.sleep(1)
+    drivers = _embed_drivers(server)
+    record.note(
+        f"embed_text driver {'STILL RUNNING' if drivers else 'stopped'} {time.monotonic() - marked_at:.0f} s after"
+    )
+    states = _states(server, run_id)
+    record.note("tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v != "skipped"))
+    record.note("skipped: " + ", ".join(sorted(k for k, v in states.items() if v == "skipped")))
+    left = cluster_pids(server.clusters_dir, app.cluster_id)
+    record.clusters_left = 1 if left else 0
+    if left:
+        record.note(f"cluster left running ({len(left)} processes) after the run ended")
+        notes = _reap_now(server, app.cluster_id)
+        record.note("; ".join(notes))
+        assert "deleted by hand" not in notes[-1], "the reaper's orphan rule left the cluster running"
+    record.cleanup_seconds = round(time.monotonic() - marked_at, 1)
+    moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
+    record.note("latest.json " + ("MOVED" if moved else "not moved"))
+    assert record.run_state == "failed" and not drivers and not moved
+    assert states["embed_text"] == "failed", states
+
+
+def _embed_drivers(server: FaultServer) -> list[int]:
+    return [p for p in marked_pids(server.run_token) if "embed_text.py" in " ".join(_cmdline(p))]
+
+
 def _reap_now(server: FaultServer, cluster_id: str) -> list[str]:
     """Trigger the reaper DAG on the same Airflow (``dry_run: false``; the orphan grace is 0 in
     this server) and record what it did with the cluster: the nightly DAG has no active run any

@@ -7,11 +7,15 @@ logged command, line-by-line streaming of spark-submit's output into the task lo
 with the output's tail when spark-submit fails. Changed here: the master comes from the cluster
 (``_resolve_connection``), the Spark application id and the ``SPINDLE_METRICS {json}`` line are
 picked out of the stream, and ``on_kill`` stops the whole spark-submit process group (the driver
-JVM and its Python child) and asks the master to kill the application.
+JVM and its Python child) and asks the master to kill the application. When the task process
+dies without running ``on_kill`` (SIGKILL, the OOM killer), Linux's parent-death signal stops
+spark-submit too (:func:`stop_with_parent`), so no orphaned driver keeps running on the worker.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import re
@@ -45,6 +49,26 @@ def parse_metrics_line(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _prctl() -> Any:
+    if not os.uname().sysname == "Linux":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent() -> None:
+    """``preexec_fn`` of spark-submit: SIGTERM it when the process that started it dies (Linux
+    ``PR_SET_PDEATHSIG``). Resolved before the fork, so the child only makes one C call."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class SparkAppSubmitHook(SparkSubmitHook):
@@ -99,6 +123,9 @@ class SparkAppSubmitHook(SparkSubmitHook):
     def submit(self, application: str = "", **kwargs: Any) -> str | None:
         # Its own session: on_kill can signal the driver JVM *and* its Python child at once.
         kwargs.setdefault("start_new_session", True)
+        # ...and it ends with the task process even when that is SIGKILLed (no on_kill then).
+        if _PRCTL is not None:
+            kwargs.setdefault("preexec_fn", stop_with_parent)
         self.submitted_at = time.time()
         return super().submit(application, **kwargs)
 
