@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for backend in backends:
         env = {**os.environ, "SPINDLE_FAULTS_BACKENDS": backend, "SPINDLE_FAULTS_RESULTS": str(args.results)}
+        env["SPINDLE_FAULTS_FULL"] = "1"  # the faults the test command leaves out (tests/faults: FULL_MATRIX)
         if args.real_scheduler:
             env["SPINDLE_FAULTS_REAL_SCHEDULER"] = "1"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/faults"]
@@ -101,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         code = subprocess.run(command, cwd=REPO, env=env, check=False).returncode
         print(f">> {backend}: pytest exit {code} in {time.monotonic() - started:.0f} s", flush=True)
         status = status or code
+    clouds = [b for b in backends if b != "local"]
+    if clouds and not args.keyword:  # create failures: operator-level against the fakes, seconds each
+        env = {**os.environ, "SPINDLE_FAULTS_RESULTS": str(args.results)}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cloud/test_cleanup.py"]
+        print(f">> create failures: {' '.join(command[2:])}", flush=True)
+        status = status or subprocess.run(command + ["-k", "create"], cwd=REPO, env=env, check=False).returncode
     print()
     print(table(read_records(args.results), args.markdown))
     return status

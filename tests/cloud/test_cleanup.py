@@ -10,6 +10,7 @@ import pytest
 from spindle.backends.config import validate_settings
 
 from tests.support.cloud import set_backend_settings
+from tests.support.faults import FaultRecord
 
 
 class _TaskInstance:
@@ -43,6 +44,7 @@ def test_data_proc_create_that_fails_deletes_its_cluster(fake_yandex):
     settings = validate_settings("yandex", set_backend_settings("yandex"), "test")
     name = "spindle-test-create-fails"
     fake_yandex.fail_cluster_start.add(name)
+    started = time.monotonic()
     try:
         op = SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings, cluster_name=name)
         with pytest.raises(OperationError, match="injected failure"):
@@ -54,6 +56,17 @@ def test_data_proc_create_that_fails_deletes_its_cluster(fake_yandex):
     assert len(created) == 1 and created[0] in deleted
     assert created[0] not in fake_yandex.live_clusters
     assert created[0] in fake_yandex.state.deleted_clusters
+    _record("create_fails_cluster_error", "yandex", started, "the Create operation failed with the cluster in ERROR")
+
+
+def _record(fault: str, backend: str, started: float, how: str) -> None:
+    """A row of the fault table (docs/reliability.md, ``scripts/faults.py``); written only when
+    the assertions above held, and only when ``SPINDLE_FAULTS_RESULTS`` names a results file."""
+    record = FaultRecord(fault=fault, backend=backend, run_state="create_cluster failed", clusters_left=0)
+    record.cleanup_seconds = round(time.monotonic() - started, 1)
+    record.note(f"{how}; the create task deleted what it had created before failing")
+    record.outcome = "pass"
+    record.write()
 
 
 def _emr_settings(**overrides) -> dict:
@@ -94,6 +107,7 @@ def test_emr_create_that_times_out_terminates_its_job_flow(fake_aws):
     context["ti"].dag_id = "spindle_stuck_create"
     prefix = "spindle-spindle_stuck_create-"
     STUCK_JOB_FLOW_PREFIXES.add(prefix)
+    started = time.monotonic()
     try:
         op = SpindleEmrCreateJobFlowOperator(
             task_id="create_cluster", settings=_emr_settings(create_timeout_minutes=0.05)
@@ -106,6 +120,7 @@ def test_emr_create_that_times_out_terminates_its_job_flow(fake_aws):
     ours = [c for c in emr.list_clusters()["Clusters"] if c["Name"].startswith(prefix)]
     assert len(ours) == 1 and ours[0]["Id"] == op._job_flow_id
     assert ours[0]["Status"]["State"] == "TERMINATED"
+    _record("create_fails_timeout", "emr", started, "the job flow never became ready (create_timeout_minutes)")
 
 
 def test_emr_step_task_killed_cancels_its_step(fake_aws):

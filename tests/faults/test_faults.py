@@ -202,6 +202,57 @@ def test_executor_python_worker_killed(backend, lane, fault_dagbag, record, capf
         assert retried, "the killed worker's task was not retried"
 
 
+# --------------------------------------------------------------------------- (d)
+FULL_MATRIX = pytest.mark.skipif(
+    os.environ.get("SPINDLE_FAULTS_FULL") != "1",
+    reason="in the fault matrix only (scripts/faults.py sets SPINDLE_FAULTS_FULL=1): two more nightly runs",
+)
+
+
+def embed_driver(lane: Lane, since: float):
+    """The Python driver of the embed job (not the JVM), once the job is mid-embed."""
+    app = mid_embed(lane)
+    if app is None:
+        return None
+    for proc in psutil.process_iter(["cmdline", "create_time", "name"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if (proc.info["create_time"] or 0) < since or "python" not in (proc.info["name"] or ""):
+            continue
+        if "embed_text.py" in cmdline and "pyspark.daemon" not in cmdline and str(SESSION_DIR) in cmdline:
+            return app, proc
+    return None
+
+
+@FULL_MATRIX
+def test_driver_killed(backend, lane, fault_dagbag, record):
+    """SIGKILL to the embed job's Python driver mid-embed: the job fails (no half output is
+    published), the task fails, the teardown deletes the cluster; the same run again is whole."""
+    dag = fault_dagbag.dags[NIGHTLY]
+    before, pointer = lane.clusters(), lane.pointer()
+    logical_date = pendulum.now("UTC")
+    started = time.time()
+    with retries_off(dag), Injector(lambda: embed_driver(lane, started), lambda t: kill(t[1])) as injector:
+        run, states = run_nightly(fault_dagbag, lane, logical_date)
+    record.run_state = str(run.state)
+    record.clusters_left = len(lane.clusters_left(before))
+    assert injector.error is None, injector.error
+    assert injector.fired, f"the embed job's driver was never seen mid-job: {states}"
+    app = injector.target[0]
+    record.note(f"SIGKILL to the driver {injector.acted['pid']} of {app.app_id} (stages {app.stages or 'not seen'})")
+    assert str(run.state) == "failed", states
+    assert states[lane.task("embed_text")] == "failed", states
+    assert states[lane.task("delete_cluster")] == "success", states
+    assert record.clusters_left == 0
+    assert lane.pointer() == pointer, "the run whose driver died moved latest.json"
+
+    rerun, states = run_nightly(fault_dagbag, lane, logical_date)
+    record.run_state = f"{run.state}, re-run {rerun.state}"
+    assert str(rerun.state) == "success", states
+    count_output(record, lane, run.run_id)
+    assert record.rows_lost == 0 and record.rows_duplicated == 0 and record.rows > 0
+    assert len(lane.clusters_left(before)) == 0
+
+
 # --------------------------------------------------------------------------- (c)
 def _loader(db, data: dict, version: str, batch_size: int, pause_after: int = 0) -> subprocess.Popen:
     return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after)
