@@ -234,7 +234,7 @@ def test_run_marked_failed_through_the_rest_api(backend, server, record):
     server.api("PATCH", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
     marked_at = time.monotonic()
     record.note(f"run marked failed through the REST API while {app.app_id} ran")
-    record.run_state = server.wait_for_run(NIGHTLY, run_id, timeout=60)["state"]
+    first = server.wait_for_run(NIGHTLY, run_id, timeout=60)["state"]
 
     deadline = time.monotonic() + 120  # the supervisor learns it at its next heartbeat
     while time.monotonic() < deadline and _embed_drivers(server):
@@ -256,8 +256,13 @@ def test_run_marked_failed_through_the_rest_api(backend, server, record):
     record.cleanup_seconds = round(time.monotonic() - marked_at, 1)
     moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
     record.note("latest.json " + ("MOVED" if moved else "not moved"))
-    assert record.run_state == "failed" and not drivers and not moved
+    # Recorded, not asserted: Airflow lets the teardown finish and then judges the run by its
+    # leaves, which the mark skipped; the run can end "success" although a job task failed.
+    final = server.api("GET", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}")["state"]
+    record.run_state = f"marked failed (read back: {first}), final: {final}"
+    assert not drivers and not moved and not cluster_pids(server.clusters_dir, app.cluster_id)
     assert states["embed_text"] == "failed", states
+    assert states["load_vectors"] in ("skipped", "upstream_failed"), states
 
 
 def _embed_drivers(server: FaultServer) -> list[int]:
