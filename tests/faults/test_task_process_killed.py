@@ -5,7 +5,8 @@ below the executor's supervisor, and nothing of it runs after the signal (no ``o
 - ``sigkill_create_task``: the ``create_cluster`` task process dies while it waits for its
   cluster's workers to register.
 - ``sigkill_embed_task``: the ``embed_text`` task process dies while its job runs; spark-submit
-  runs in a session of its own and is not killed with it.
+  runs in a session of its own but gets the parent-death signal, so it ends too.
+- ``run_marked_failed``: the run is marked failed through the REST API while ``embed_text`` runs.
 
 Each test records what is left when the run has ended (and how long the cleanup took, when it
 happened). Opt-in (``SPINDLE_FAULTS_REAL_SCHEDULER=1``, set by ``scripts/faults.py
