@@ -217,7 +217,7 @@ def test_sigkill_embed_task(backend, server, record):
     assert record.clusters_left == 0
 
 
-def test_run_marked_failed_through_the_rest_api(backend, server, record):
+def test_run_marked_failed(backend, server, record):
     """The run is marked failed through the REST API (as the UI's "Mark as failed" does) while
     ``embed_text`` runs: Airflow fails the running task (its supervisor stops it: ``on_kill``) and
     skips every pending task, the teardown included; the reaper's orphan rule takes the cluster."""
