@@ -85,7 +85,9 @@ def fake_yandex(fake_aws):
     )
     conn_id, root = WAREHOUSES["yandex"]
     secret_id = yc.add_secret(FOLDER_ID, "spindle-connections", {conn_id: warehouse_connection(root)})
-    SECRETS_SOURCES["yandex"] = f"lockbox://{secret_id}?endpoint={yc.lockbox_rest_url}&metadata={yc.metadata_addr}"
+    SECRETS_SOURCES["yandex"] = SECRETS_SOURCES["yandex_spark"] = (
+        f"lockbox://{secret_id}?endpoint={yc.lockbox_rest_url}&metadata={yc.metadata_addr}"
+    )
     yield yc
     yc.stop()
     assert not yc.local_clusters.running

@@ -35,7 +35,7 @@ from tests.support.cloud import (
 
 pytestmark = pytest.mark.timeout(1800)
 
-CLOUDS = ("yandex", "emr", "emr_serverless")
+CLOUDS = ("yandex", "yandex_spark", "emr", "emr_serverless")
 # A driver that dies at once (a real spark-submit failure): the cheapest failing job.
 BROKEN_SPARK = {"spark_properties": {"spark.executor.memory": "not-a-size"}}
 NIGHTLY_TASKS = ("stage", "create_cluster", "prepare_books", "embed_text", "embed_images", "delete_cluster")
@@ -44,6 +44,7 @@ LLM_CONF = {"limit": 40, "max_new_tokens": 4, "batch_size": 8}
 #: The marker each lane's job task writes around the driver log it copies into the task log.
 DRIVER_LOG_TITLE = {
     "yandex": "driver log (Data Proc job log API): begin",
+    "yandex_spark": "driver log (Managed Spark ListLog): begin",
     "emr": "driver log of step",
     "emr_serverless": "driver log of job run",
 }
@@ -119,6 +120,8 @@ class Clusters:
     def snapshot(self):
         if self.backend == "yandex":
             return self.yandex.state.count("Cluster.Create"), self.yandex.state.count("Cluster.Delete")
+        if self.backend == "yandex_spark":
+            return self.yandex.state.count("Spark.Cluster.Create"), self.yandex.state.count("Spark.Cluster.Delete")
         if self.backend == "emr":
             listed = self.aws.moto.client("emr").list_clusters()["Clusters"]
             return {c["Id"]: c["Status"]["State"] for c in listed}
@@ -127,9 +130,9 @@ class Clusters:
 
     def assert_one_created_and_gone(self, before):
         after = self.snapshot()
-        if self.backend == "yandex":
+        if self.backend in ("yandex", "yandex_spark"):
             assert after == (before[0] + 1, before[1] + 1)
-            assert self.yandex.live_clusters == []
+            assert self.yandex.live_clusters == [] and self.yandex.spark.live_clusters == []
         else:
             new = {k: v for k, v in after.items() if k not in before}
             assert list(new.values()) == ["TERMINATED"], new
@@ -141,7 +144,7 @@ class Clusters:
 def clouds(request):
     def fakes(backend):
         fake_aws = request.getfixturevalue("fake_aws")
-        fake_yandex = request.getfixturevalue("fake_yandex") if backend == "yandex" else None
+        fake_yandex = request.getfixturevalue("fake_yandex") if backend.startswith("yandex") else None
         return Clusters(backend, fake_yandex, fake_aws)
 
     return fakes
@@ -206,6 +209,9 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(
         assert dashboard["application_id"] and dashboard["job_run_id"]
     else:
         assert xcom(run, f"{backend}.embed_text", key="spark_ui_url").startswith("http://")
+    if backend == "yandex_spark":  # the job's id went to XCom; the cluster's history server is linked
+        assert xcom(run, f"{backend}.embed_text", key="job_id") in fakes.yandex.spark.jobs
+        assert xcom(run, f"{backend}.embed_text", key="spark_history_url").startswith("http://")
 
     # the driver's log reached the task log, from where the service puts it (after its late upload)
     out = capfd.readouterr().out

@@ -75,11 +75,14 @@ def test_reaper_dag_scheduled_run_deletes_manual_run_does_not(fake_aws, cloud_da
         return emr.describe_cluster(ClusterId=flow["JobFlowId"])["Cluster"]["Status"]["State"]
 
     run, states = run_dag(cloud_dagbag, "spindle_reaper", backends=["emr"])
-    assert str(run.run_type) in ("manual", "DagRunType.MANUAL") and states == {"reap": "success"}
+    assert str(run.run_type) in ("manual", "DagRunType.MANUAL") and states == {
+        "reap": "success",
+        "drop_partial_vectors": "success",
+    }
     assert state(old) != "TERMINATED"
 
     run, states = run_dag_scheduled(cloud_dagbag, "spindle_reaper", backends=["emr"], dry_run=True)
-    assert run.run_type == "scheduled" and states == {"reap": "success"}
+    assert run.run_type == "scheduled" and states == {"reap": "success", "drop_partial_vectors": "success"}
     assert state(old) == "TERMINATED"
     assert state(new) != "TERMINATED"
     emr.terminate_job_flows(JobFlowIds=[new["JobFlowId"]])

@@ -22,6 +22,8 @@ Built on the yandexcloud SDK's generated servicers, so the SDK and the **unmodif
   but not installed (logged as a warning).
 - Every request is checked against the ``yandex.cloud.validation`` options of its proto
   (:mod:`tests.fakes.yc_validation`): a violation is ``INVALID_ARGUMENT`` naming the field.
+- Managed Service for Apache Spark (``spark.v1`` clusters and jobs): :mod:`tests.fakes.yandex_spark`,
+  on the same server, clusters and job runner (:attr:`YandexCloudFake.spark`).
 - Lockbox ``SecretService`` (List, Get) and ``PayloadService.Get`` for Airflow's
   ``LockboxSecretBackend``; plus the Lockbox REST payload API (HTTPS) and a metadata-service
   token endpoint (HTTP) for code running *on* the cluster (``spark_apps``' lockbox resolver).
@@ -82,6 +84,7 @@ from tests.fakes.spark_runner import (
     SparkJob,
 )
 from tests.fakes.tls import Certificate, make_self_signed
+from tests.fakes.yandex_spark import ManagedSpark
 from tests.fakes.yc_validation import ValidationInterceptor
 
 log = logging.getLogger("spindle.fakes.yandex")
@@ -101,6 +104,7 @@ SERVICE_IDS = (
     "storage-api",
     "logging",
     "log-reading",
+    "managed-spark",
 )
 _PUBLIC_SERVICES = ("/yandex.cloud.endpoint.ApiEndpointService/", "/yandex.cloud.iam.v1.IamTokenService/")
 
@@ -755,6 +759,7 @@ class YandexCloudFake:
         self.local_clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)
         self.cache = LocalizationCache(self.workdir / "node-cache", s3)
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-yc-bg")
+        self.spark = ManagedSpark(self)  # Managed Service for Apache Spark (tests.fakes.yandex_spark)
         self._server: grpc.Server | None = None
         self._http: list[http.server.ThreadingHTTPServer] = []
         self.port = 0
@@ -857,6 +862,7 @@ class YandexCloudFake:
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobService(self), server)
         secret_service_pb2_grpc.add_SecretServiceServicer_to_server(SecretService(self.state), server)
         payload_service_pb2_grpc.add_PayloadServiceServicer_to_server(PayloadService(self.state), server)
+        self.spark.register(server)
         server.start()
         self._server = server
 
@@ -882,6 +888,7 @@ class YandexCloudFake:
         for job in jobs:
             if job.running is not None:
                 job.running.cancel()
+        self.spark.cancel_jobs()
         if self._server is not None:
             self._server.stop(grace=2).wait(5)
             self._server = None

@@ -26,6 +26,7 @@ OAUTH_TOKEN = "fake-oauth-token"
 #: The warehouse of each cloud, in the fake bucket: what the jobs write and load_vectors reads.
 WAREHOUSES = {
     "yandex": ("spindle_warehouse_yandex", f"s3a://{BUCKET}/warehouse/yandex"),
+    "yandex_spark": ("spindle_warehouse_yandex", f"s3a://{BUCKET}/warehouse/yandex"),
     "emr": ("spindle_warehouse_aws", f"s3://{BUCKET}/warehouse/aws"),
     "emr_serverless": ("spindle_warehouse_aws", f"s3://{BUCKET}/warehouse/aws"),
 }
@@ -59,6 +60,13 @@ def set_backend_settings(backend: str, **overrides) -> dict:
             "subnet_id": "e9bspindle",
             "service_account_id": "ajespindle",
             "ssh_public_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake spindle@test"],
+        },
+        "yandex_spark": {
+            **base,
+            "folder_id": FOLDER_ID,
+            "subnet_ids": ["e9bspindle"],
+            "service_account_id": "ajespindle",
+            "poll_interval": 2,
         },
         "emr": {**base, "step_poke_interval": 3},
         "emr_serverless": {**base, "execution_role_arn": "arn:aws:iam::123456789012:role/spindle", "waiter_delay": 3},

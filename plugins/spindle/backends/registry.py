@@ -17,6 +17,7 @@ from typing import Any
 #: backend name -> "module:attribute" of its :class:`Backend`.
 MODULES: dict[str, str] = {
     "yandex": "spindle.yandex.backend:DATAPROC",
+    "yandex_spark": "spindle.yandex_spark.backend:MANAGED_SPARK",
     "emr": "spindle.aws.backend:EMR",
     "emr_serverless": "spindle.aws.backend:EMR_SERVERLESS",
 }
