@@ -39,7 +39,8 @@ def backend_param() -> Param:
         type=["null", "string"],
         enum=[None, *config.BACKENDS],
         title="Backend",
-        description="Where the Spark cluster runs: local, yandex (Data Proc), emr, emr_serverless. "
+        description="Where the Spark cluster runs: local, yandex (Data Proc), yandex_spark (Managed Service for "
+        "Apache Spark), emr, emr_serverless. "
         "Empty: Airflow Variable spindle_backend, else env SPINDLE_BACKEND, else local.",
     )
 
