@@ -137,6 +137,8 @@ class AirflowServer:
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="spindle-ui-")))
     port: int = field(default_factory=free_port)
+    # Spark's History Server over the warehouse's kept event logs, as scripts/airflow_ui.sh runs it
+    history_port: int = field(default_factory=free_port)
     log_dir: Path = ARTIFACTS / "logs"
     run_token: str = field(default_factory=lambda: secrets.token_hex(8))
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
@@ -147,6 +149,10 @@ class AirflowServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def history_url(self) -> str:
+        return f"http://127.0.0.1:{self.history_port}"
 
     @property
     def airflow_home(self) -> Path:
@@ -218,6 +224,7 @@ class AirflowServer:
                 "TOKENIZERS_PARALLELISM": "false",
                 # Job tasks log Spark progress every 3 s (default 15 s): short test jobs show it.
                 "SPINDLE_PROGRESS_INTERVAL": "3",
+                "SPINDLE_HISTORY_URL": self.history_url,
                 "PYSPARK_PYTHON": python,
                 "PYSPARK_DRIVER_PYTHON": python,
                 "PYTHONPATH": str(REPO),
@@ -270,7 +277,22 @@ class AirflowServer:
                 start_new_session=True,
             )
             out.close()
+        self._start_history_server(env)
         self.wait_healthy(timeout)
+
+    def _start_history_server(self, env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "spindle.history", "serve", "--port", str(self.history_port)]
+        env = {**env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}"}
+        with open(self.log_dir / "spark-history-server.log", "wb") as out:
+            self.procs["history-server"] = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _check_running(self) -> None:
         for name, proc in self.procs.items():

@@ -3,7 +3,8 @@ driven by Playwright with an explicit executable path; no browser download):
 
 log in -> DAG list -> the nightly DAG -> Trigger with the parameter form (a small row limit) ->
 the run succeeds on a real local Spark cluster -> the embed task's "Spark UI" extra link is there
-and points at the cluster that ran it (its master UI, the application's page).
+and points at the cluster that ran it (its master UI, the application's page) -> its "Spark
+History" link opens the finished application on the History Server after the cluster is gone.
 
 Screenshots go to ``test-artifacts/ui/``; with ``SPINDLE_UI_SCREENSHOTS_TO_DOCS=1`` also to
 ``docs/img/`` (the README's pictures; off by default so a test run leaves the checkout clean).
@@ -226,6 +227,28 @@ def test_trigger_nightly_dag_from_the_ui_and_follow_the_spark_ui_link(airflow_se
     }
     (artifacts / "run.json").write_text(json.dumps(record, indent=2, default=str))
     assert page.get_by_text("Success").first.is_visible()
+
+    # 6b. The "Spark History" link: the finished application on the History Server, which replays
+    #     the event log the run kept under the warehouse, now that the cluster is deleted.
+    history = page.get_by_role("link", name="Spark History", exact=True)
+    history_href = history.get_attribute("href")
+    assert rest_links.get("Spark History") == history_href
+    assert history_href == f"{server.history_url}/history/{app_id}/jobs/", history_href
+    shot("embed-task-spark-history-link", docs=True)
+    if history.get_attribute("target") == "_blank":  # the UI opens extra links in a new tab
+        with page.context.expect_page() as opened:
+            history.click()
+        shot.page = opened.value
+    else:
+        history.click()
+    shot.page.wait_for_url(history_href + "**")
+    shot.page.get_by_text("Completed Jobs").first.wait_for(timeout=60_000)
+    # the application's own page (Spark shortens a long app name in the title to 32 characters)
+    assert shot.page.title().startswith("spindle.") and "Spark Jobs" in shot.page.title(), shot.page.title()
+    shot("spark-history-after-teardown", docs=True, full_page=True)
+    if shot.page is not page:
+        shot.page.close()
+        shot.page = page
 
     # 7. The task log shows Spark's progress at a steady interval while the job ran, and is
     #    readable in the UI.

@@ -8,6 +8,13 @@ step's driver log, returns the job's metrics) → ``EmrTerminateJobFlowOperator`
 
 EMR Serverless: :class:`SpindleEmrServerlessCreateApplicationOperator` → per job
 :class:`SpindleEmrServerlessStartJobOperator` → ``EmrServerlessDeleteApplicationOperator``.
+
+Deferrable: every wait (job flow / application ready, step / job run done, teardown) runs in the
+triggerer with the provider's own triggers when the operator is deferrable, which by default is
+``[operators] default_deferrable`` as set when the DAG is parsed (``deferrable=`` wins). A resumed
+task is a new operator instance: :class:`FromSettings` re-applies the connection from the
+settings on every resume, and the job tasks copy the driver log and read the metrics in
+``execute_complete`` as they do at the end of ``execute``.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from airflow.providers.amazon.aws.operators.emr import (
     EmrTerminateJobFlowOperator,
 )
 from airflow.providers.amazon.aws.sensors.emr import EmrStepSensor
+from airflow.sdk.exceptions import TaskDeferred
 
 from spindle.backends.common import (
     XCOM_CONSOLE_URL,
@@ -48,6 +56,41 @@ SERVERLESS_CONSOLE = (
 SPARK_HISTORY_PORT = 18080
 XCOM_METRICS_URI = "metrics_uri"
 _YARN_APP_RE = re.compile(r"application_\d+_\d+")
+
+
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable`` now (the provider's operators read it once, when their
+    module is imported)."""
+    from airflow.configuration import conf
+
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+class FromSettings:
+    """Mixin: the AWS connection and region come from the backend settings (a templated field),
+    applied when the task starts and again on each resume after a deferral."""
+
+    settings: Any
+
+    def use_settings(self) -> None:
+        self.aws_conn_id = self.settings["aws_conn_id"]
+        if self.settings.get("region_name"):
+            self.region_name = self.settings["region_name"]
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        self.use_settings()
+        return super().resume_execution(next_method, next_kwargs, context)
+
+    def defer(self, *, trigger: Any, method_name: str, kwargs: Any = None, timeout: Any = None) -> Any:
+        """The provider's waiter trigger, polled with the synchronous client where aiobotocore is
+        missing (spindle.aws.triggers)."""
+        from airflow.providers.amazon.aws.triggers.base import AwsBaseWaiterTrigger
+
+        from spindle.aws.triggers import ThreadedAwsWaiterTrigger, async_client_available
+
+        if isinstance(trigger, AwsBaseWaiterTrigger) and not async_client_available():
+            trigger = ThreadedAwsWaiterTrigger.wrap(trigger)
+        return super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
 
 def _log_base(settings: dict[str, Any], kind: str) -> str:
@@ -123,7 +166,7 @@ def spark_submit_args(spec: JobSpec, conf_style: bool = False) -> list[str]:
 
 
 # --------------------------------------------------------------------------- EMR on EC2
-class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
+class SpindleEmrCreateJobFlowOperator(FromSettings, EmrCreateJobFlowOperator):
     """``EmrCreateJobFlowOperator`` with its job flow built from the backend settings (Spark
     application, instance groups, log URI, roles, bootstrap actions, ``AutoTerminationPolicy``
     from ``idle_timeout_minutes``) and tagged for the reaper. It waits (the provider's
@@ -131,7 +174,8 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
     ``create_timeout_minutes``; when the task fails once the job flow exists (it ended
     ``TERMINATED_WITH_ERRORS``, the wait timed out, or anything else) the job flow is
     terminated before the task fails: the provider's ``terminate_job_flow_on_failure`` covers
-    its waiter's errors, :meth:`terminate_failed_create` the rest.
+    its waiter's errors, :meth:`terminate_failed_create` the rest; when deferred, a failed wait
+    terminates the job flows this run's create task made (found by their tags).
     Links: the provider's own (EMR cluster page, its logs)."""
 
     template_fields: Sequence[str] = (*EmrCreateJobFlowOperator.template_fields, "settings")
@@ -142,7 +186,7 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
 
         kwargs.setdefault("emr_conn_id", None)
         kwargs.setdefault("wait_policy", WaitPolicy.WAIT_FOR_COMPLETION)
-        kwargs.setdefault("deferrable", False)  # the cleanup below runs in execute(), not in a trigger
+        kwargs.setdefault("deferrable", default_deferrable())
         kwargs.setdefault("terminate_job_flow_on_failure", True)
         super().__init__(**kwargs)
         self.settings = settings
@@ -196,20 +240,46 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
         from botocore.exceptions import WaiterError
 
         s = self.settings
-        self.aws_conn_id = s["aws_conn_id"]
-        if s.get("region_name"):
-            self.region_name = s["region_name"]
+        self.use_settings()
         timeout = float(s.get("create_timeout_minutes", 30)) * 60
         self.waiter_delay = int(min(30, max(1, timeout // 10)))
         self.waiter_max_attempts = max(1, math.ceil(timeout / self.waiter_delay))
         self.job_flow_overrides = self.build_overrides(context)
         try:
             return super().execute(context)
-        except WaiterError:  # the provider has terminated it (terminate_job_flow_on_failure)
+        except (WaiterError, TaskDeferred):  # terminated by the provider / the wait goes on in a trigger
             raise
         except BaseException as err:  # also the task's execution_timeout (AirflowTaskTimeout)
             self.terminate_failed_create(err)
             raise
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferred:
+            raise
+        except BaseException as err:  # the trigger failed, timed out or reported a failure
+            self.terminate_run_job_flows(context, err)
+            raise
+
+    def terminate_run_job_flows(self, context: Any, err: BaseException) -> None:
+        """After a failed deferred wait the job flow id is gone with the operator that created it:
+        terminate the live job flows tagged with this DAG run and backend (best effort)."""
+        from spindle.aws.backend import EMR_LIVE
+        from spindle.backends.common import LABEL_BACKEND, LABEL_DAG, LABEL_RUN, label_value
+
+        ti = context["ti"]
+        wanted = {LABEL_BACKEND: "emr", LABEL_DAG: label_value(ti.dag_id), LABEL_RUN: label_value(ti.run_id)}
+        try:
+            emr = self.hook.conn
+            for page in emr.get_paginator("list_clusters").paginate(ClusterStates=EMR_LIVE):
+                for summary in page["Clusters"]:
+                    tags = emr.describe_cluster(ClusterId=summary["Id"])["Cluster"].get("Tags", [])
+                    if wanted.items() <= {t["Key"]: t["Value"] for t in tags}.items():
+                        self._job_flow_id = summary["Id"]
+                        self.terminate_failed_create(err)
+        except Exception as cleanup:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not look up this run's job flows to terminate them: %s", cleanup)
 
     def terminate_failed_create(self, err: BaseException) -> None:
         """Terminate the job flow this task created before it failed (best effort: the task
@@ -224,7 +294,7 @@ class SpindleEmrCreateJobFlowOperator(EmrCreateJobFlowOperator):
             self.log.error("Could not terminate job flow %s: %s", job_flow_id, cleanup)
 
 
-class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
+class SpindleEmrAddStepsOperator(JobSpec, FromSettings, EmrAddStepsOperator):
     """One ``spark-submit`` step (cluster deploy mode) running a staged ``spark_apps`` job on the
     job flow ``job_flow_id=create.output``; returns the step ids (like the provider's)."""
 
@@ -265,9 +335,7 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
         )
 
     def execute(self, context: Any) -> list[str]:
-        self.aws_conn_id = self.settings["aws_conn_id"]
-        if self.settings.get("region_name"):
-            self.region_name = self.settings["region_name"]
+        self.use_settings()
         ti = context["ti"]
         args = self.cli_args(context)
         ti.xcom_push(key=XCOM_METRICS_URI, value=self.metrics_uri)  # the step sensor reads them there
@@ -291,7 +359,7 @@ class SpindleEmrAddStepsOperator(JobSpec, EmrAddStepsOperator):
         return super().execute(context)
 
 
-class SpindleEmrStepSensor(EmrStepSensor):
+class SpindleEmrStepSensor(FromSettings, EmrStepSensor):
     """``EmrStepSensor`` that returns the job's metrics from the bucket (``metrics_uri``: the
     submit task's XCom) and copies the driver's log into the task log when the step ends.
 
@@ -299,13 +367,15 @@ class SpindleEmrStepSensor(EmrStepSensor):
     YARN container, ``<LogUri>/<job flow>/containers/<application>/container_*_01_000001/``, which
     EMR uploads minutes after the step ends. The application id is read from the step's own
     ``stderr.gz`` (the spark-submit client's output); the copy waits up to the setting
-    ``log_wait_seconds``, best effort: the task's result never depends on it.
+    ``log_wait_seconds``, best effort: the task's result never depends on it. Deferred (the wait
+    in the triggerer), the log and the metrics are read when the task resumes.
     Links: the provider's (EMR cluster page, its logs) and the cluster's Spark history server."""
 
     template_fields: Sequence[str] = (*EmrStepSensor.template_fields, "settings", "metrics_uri")
     operator_extra_links = (*EmrStepSensor.operator_extra_links, CloudSparkUILink())
 
     def __init__(self, *, settings: Any, metrics_uri: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(**kwargs)
         self.settings = settings
         self.metrics_uri = metrics_uri
@@ -316,17 +386,40 @@ class SpindleEmrStepSensor(EmrStepSensor):
         return step[0] if isinstance(step, (list, tuple)) else str(step)
 
     def execute(self, context: Any) -> Any:
-        self.aws_conn_id = self.settings["aws_conn_id"]
-        if self.settings.get("region_name"):
-            self.region_name = self.settings["region_name"]
+        self.use_settings()
         self.step_id = self._step_id()
         self.poke_interval = float(self.settings.get("step_poke_interval", self.poke_interval))
+        # deferred, the trigger waits max_attempts x poke_interval: as long as the sensor's timeout
+        self.max_attempts = max(self.max_attempts, math.ceil(float(self.timeout) / max(self.poke_interval, 1)))
         self._publish_links(context)
         try:
             super().execute(context)
+        except TaskDeferred:  # the step is watched by the triggerer; execute_complete takes over
+            raise
         except BaseException:
             self._copy_log()
             raise
+        return self._finish()
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        self.step_id = self._step_id()
+        try:
+            super().execute_complete(context, event)
+        except BaseException:
+            self._copy_log()
+            raise
+        return self._finish()
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except BaseException:
+            if next_method != "execute_complete":  # the trigger failed: still show the driver's log
+                self.step_id = self._step_id()
+                self._copy_log()
+            raise
+
+    def _finish(self) -> Any:
         self._copy_log()
         return fetch_metrics(self.aws_conn_id, self.metrics_uri, f"step {self.step_id}")
 
@@ -388,12 +481,12 @@ class SpindleEmrStepSensor(EmrStepSensor):
 
 
 # --------------------------------------------------------------------------- EMR Serverless
-class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicationOperator):
+class SpindleEmrServerlessCreateApplicationOperator(FromSettings, EmrServerlessCreateApplicationOperator):
     """``EmrServerlessCreateApplicationOperator`` with release label, name and tags from the
     backend settings; returns the application id. When the task fails once the application
     exists (it failed to be created or started, a wait timed out, anything else), the
     application (found by its unique name) is stopped and deleted before the task fails
-    (:meth:`delete_failed_create`)."""
+    (:meth:`delete_failed_create`); after a failed deferred wait, by its id."""
 
     template_fields: Sequence[str] = (*EmrServerlessCreateApplicationOperator.template_fields, "settings")
     operator_extra_links = (CloudConsoleLink(),)
@@ -401,16 +494,14 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
         kwargs.setdefault("release_label", "from-settings")
         kwargs.setdefault("job_type", "SPARK")
-        kwargs.setdefault("deferrable", False)  # the cleanup below runs in execute(), not in a trigger
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(**kwargs)
         self.settings = settings
         self.console_url: str | None = None
 
     def execute(self, context: Any) -> str | None:
         s = self.settings
-        self.aws_conn_id = s["aws_conn_id"]
-        if s.get("region_name"):
-            self.region_name = s["region_name"]
+        self.use_settings()
         self.release_label = s["release_label"]
         self.waiter_delay = int(s.get("waiter_delay", self.waiter_delay))
         labels = spindle_labels(context, "emr_serverless", s["ttl_hours"])
@@ -424,15 +515,44 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
             self.config["imageConfiguration"] = {"imageUri": s["image_uri"]}
         try:
             app_id = super().execute(context)
+        except TaskDeferred:  # waits for the application in the triggerer, then resumes
+            raise
         except BaseException as err:  # also the task's execution_timeout (AirflowTaskTimeout)
             self.delete_failed_create(err)
             raise
+        return self._publish(context, app_id)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        try:
+            app_id = super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferred:
+            raise
+        except BaseException as err:  # the trigger failed or reported a failure
+            event = (next_kwargs or {}).get("event")
+            self._delete_after_deferral(event.get("application_id") if isinstance(event, dict) else None, err)
+            raise
+        return self._publish(context, app_id)
+
+    def _publish(self, context: Any, app_id: str | None) -> str | None:
         self.console_url = (
             f"https://console.aws.amazon.com/emr/home?region={self.hook.conn_region_name}"
             f"#/serverless-applications/{app_id}"
         )
         context["ti"].xcom_push(key=XCOM_CONSOLE_URL, value=self.console_url)
         return app_id
+
+    def _delete_after_deferral(self, app_id: str | None, err: BaseException) -> None:
+        from spindle.aws.backend import _stop_and_delete
+
+        if not app_id:
+            self.log.error("A deferred wait failed (%s) and named no application: the reaper will find it", err)
+            return
+        try:
+            self.log.warning("Create failed (%s): stopping and deleting application %s", err, app_id)
+            client = self.hook.conn
+            _stop_and_delete(client, client.get_application(applicationId=app_id)["application"])
+        except Exception as cleanup:  # noqa: BLE001 - best effort, logged
+            self.log.error("Could not delete application %s after the failed create: %s", app_id, cleanup)
 
     def delete_failed_create(self, err: BaseException) -> None:
         """Stop and delete the application this task created before it failed (best effort:
@@ -456,7 +576,7 @@ class SpindleEmrServerlessCreateApplicationOperator(EmrServerlessCreateApplicati
             self.log.error("Could not delete the application %s after the failed create: %s", name, cleanup)
 
 
-class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperator):
+class SpindleEmrServerlessStartJobOperator(JobSpec, FromSettings, EmrServerlessStartJobOperator):
     """A staged ``spark_apps`` job as an EMR Serverless job run on ``application_id=create.output``;
     returns the job's metrics from the bucket. The driver's log
     (``<logUri>/applications/<app>/jobs/<run>/SPARK_DRIVER/``, uploaded after the run ends) is
@@ -494,6 +614,7 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
         kwargs.setdefault("execution_role_arn", "from-settings")
         kwargs.setdefault("job_driver", {})
         kwargs.setdefault("enable_application_ui_links", True)
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(application_id=application_id, **kwargs)
         self.init_spec(
             job=job,
@@ -511,9 +632,7 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
 
     def execute(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         s = self.settings
-        self.aws_conn_id = s["aws_conn_id"]
-        if s.get("region_name"):
-            self.region_name = s["region_name"]
+        self.use_settings()
         self.execution_role_arn = s["execution_role_arn"]
         self.waiter_delay = int(s.get("waiter_delay", self.waiter_delay))
         # wait as long as a job may run (6 h), however short the polling delay
@@ -534,6 +653,21 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
         self.config = {**(self.config or {}), "tags": spindle_labels(context, "emr_serverless", s["ttl_hours"])}
         try:
             super().execute(context)
+        except TaskDeferred:  # the job run is watched by the triggerer; execute_complete takes over
+            raise
+        except BaseException:
+            self._copy_log(context)
+            raise
+        self._copy_log(context)
+        return self.fetch_metrics(self.aws_conn_id)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        """Resumed after the deferred wait: the same log copy and metrics as :meth:`execute`."""
+        self.log_base = _log_base(self.settings, "emr-serverless")
+        self.metrics_uri = self.metrics_location(context)
+        self.job_id = ((event or {}).get("job_details") or {}).get("job_id")
+        try:
+            super().execute_complete(context, event)
         except BaseException:
             self._copy_log(context)
             raise
@@ -576,39 +710,37 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, EmrServerlessStartJobOperato
             self.log.warning("Could not copy the driver log of job run %s: %s", run_id, err)
 
 
-class SpindleEmrTerminateJobFlowOperator(EmrTerminateJobFlowOperator):
+class SpindleEmrTerminateJobFlowOperator(FromSettings, EmrTerminateJobFlowOperator):
     """``EmrTerminateJobFlowOperator`` (``job_flow_id=create.output``) with the AWS connection
     from the backend settings; the lane's teardown."""
 
     template_fields: Sequence[str] = (*EmrTerminateJobFlowOperator.template_fields, "settings")
 
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(**kwargs)
         self.settings = settings
 
     def execute(self, context: Any) -> None:
-        self.aws_conn_id = self.settings["aws_conn_id"]
-        if self.settings.get("region_name"):
-            self.region_name = self.settings["region_name"]
+        self.use_settings()
         if not self.job_flow_id:
             raise ValueError("job_flow_id is required: pass job_flow_id=create.output")
         return super().execute(context)
 
 
-class SpindleEmrServerlessDeleteApplicationOperator(EmrServerlessDeleteApplicationOperator):
+class SpindleEmrServerlessDeleteApplicationOperator(FromSettings, EmrServerlessDeleteApplicationOperator):
     """``EmrServerlessDeleteApplicationOperator`` (stop, then delete; ``application_id=create.output``)
     with the AWS connection from the backend settings; the lane's teardown."""
 
     template_fields: Sequence[str] = (*EmrServerlessDeleteApplicationOperator.template_fields, "settings")
 
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("deferrable", default_deferrable())
         super().__init__(**kwargs)
         self.settings = settings
 
     def execute(self, context: Any) -> None:
-        self.aws_conn_id = self.settings["aws_conn_id"]
-        if self.settings.get("region_name"):
-            self.region_name = self.settings["region_name"]
+        self.use_settings()
         if not self.application_id:
             raise ValueError("application_id is required: pass application_id=create.output")
         return super().execute(context)

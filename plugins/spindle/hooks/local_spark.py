@@ -43,6 +43,7 @@ import psutil
 from airflow.sdk import BaseHook
 
 from spindle.config import repo_root, spindle_home
+from spindle.history import event_log_conf
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -106,6 +107,8 @@ class LocalSparkCluster:
     deleted_at: str | None = None
     # Who created it (``dag``, ``run``): the reaper's report names them.
     labels: dict[str, str] = field(default_factory=dict)
+    # Where the jobs keep their Spark event logs (outlives the cluster); None: not kept.
+    event_log_dir: str | None = None
     master: DaemonProcess | None = None
     workers: list[DaemonProcess] = field(default_factory=list)
 
@@ -114,8 +117,12 @@ class LocalSparkCluster:
         return self.num_workers * self.worker_cores
 
     def submit_conf(self) -> dict[str, str]:
-        """Spark properties a driver needs to reach this cluster from this machine."""
-        return {"spark.driver.host": self.host, "spark.driver.bindAddress": self.host}
+        """Spark properties a driver needs to reach this cluster from this machine (and to keep
+        its event log for the History Server, when the cluster keeps them)."""
+        conf = {"spark.driver.host": self.host, "spark.driver.bindAddress": self.host}
+        if self.event_log_dir:
+            conf.update(event_log_conf(self.event_log_dir))
+        return conf
 
     def app_ui_url(self, app_id: str | None) -> str:
         """The application's page on the master UI, or the master UI when the id is unknown."""
@@ -443,11 +450,14 @@ class LocalSparkClusterHook(BaseHook):
         cluster_id_prefix: str = "spindle-local",
         timeout: float = 120.0,
         labels: dict[str, str] | None = None,
+        event_log_dir: str | os.PathLike | None = None,
     ) -> LocalSparkCluster:
         """Start a master and ``num_workers`` workers; return once all workers are registered.
 
         On any failure the processes started so far are stopped before the error is raised.
-        ``labels`` (e.g. ``dag``, ``run``) are recorded in ``state.json``.
+        ``labels`` (e.g. ``dag``, ``run``) are recorded in ``state.json``. ``event_log_dir``: a
+        folder outside the cluster where its applications keep their event logs
+        (:meth:`LocalSparkCluster.submit_conf`), for a History Server after the cluster is gone.
         """
         num_workers, worker_cores = int(num_workers), int(worker_cores)
         if num_workers < 1 or worker_cores < 1:
@@ -472,7 +482,10 @@ class LocalSparkClusterHook(BaseHook):
             worker_memory=memory,
             created_at=_utcnow(),
             labels={str(k): str(v) for k, v in (labels or {}).items()},
+            event_log_dir=str(Path(event_log_dir).resolve()) if event_log_dir else None,
         )
+        if event_log_dir:
+            Path(event_log_dir).mkdir(parents=True, exist_ok=True)
         self._write_state(cluster)
         env = self._daemon_env(cluster_id, folder)
         started = time.monotonic()

@@ -7,6 +7,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from spindle.history import local_event_log_dir
 from spindle.hooks.local_spark import LocalSparkClusterHook
 
 #: XCom keys pushed by the create operator besides its return value (the cluster id).
@@ -25,6 +26,10 @@ class LocalSparkCreateClusterOperator(BaseOperator):
     :param cluster_id_prefix: the id is ``<prefix>-<UTC time>-<random>``.
     :param startup_timeout: seconds to wait for the master and workers.
     :param cluster_home: folder of the per-cluster folders (default ``$SPINDLE_HOME/clusters``).
+    :param event_log_dir: where the cluster's applications keep their Spark event logs, for the
+        History Server after the cluster is gone (default: the warehouse's ``_spark-events``,
+        :func:`spindle.history.local_event_log_dir`).
+    :param keep_event_logs: False: no event logs (no "Spark History" link).
     """
 
     template_fields: Sequence[str] = ("num_workers", "worker_cores", "worker_memory")
@@ -39,9 +44,13 @@ class LocalSparkCreateClusterOperator(BaseOperator):
         cluster_id_prefix: str = "spindle-local",
         startup_timeout: float = 120.0,
         cluster_home: str | None = None,
+        event_log_dir: str | None = None,
+        keep_event_logs: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.event_log_dir = event_log_dir
+        self.keep_event_logs = keep_event_logs
         self.num_workers = num_workers
         self.worker_cores = worker_cores
         self.worker_memory = worker_memory
@@ -65,6 +74,7 @@ class LocalSparkCreateClusterOperator(BaseOperator):
             cluster_id_prefix=self.cluster_id_prefix,
             timeout=self.startup_timeout,
             labels={"dag": ti.dag_id, "run": ti.run_id, "task": ti.task_id, "try": str(ti.try_number)},
+            event_log_dir=self._event_log_dir(),
         )
         self._cluster_id = cluster.cluster_id
         try:
@@ -76,6 +86,11 @@ class LocalSparkCreateClusterOperator(BaseOperator):
             self.hook.delete_cluster(cluster.cluster_id)
             raise
         return cluster.cluster_id
+
+    def _event_log_dir(self) -> str | None:
+        if not self.keep_event_logs:
+            return None
+        return self.event_log_dir or str(local_event_log_dir())
 
     def on_kill(self) -> None:
         # create_cluster stops what it started when it fails; a kill after it returned leaves
