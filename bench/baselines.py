@@ -74,8 +74,9 @@ def cached_seq2seq(model_dir):
     return _CACHE[model_dir]
 
 
-def generate_one(tokenizer, model, prompt, max_new_tokens, max_input_tokens=512):
-    """One prompt, one ``generate`` call, greedy (the same decoding llm_transform uses)."""
+def generate_one(tokenizer, model, prompt, max_new_tokens, max_input_tokens=512, min_new_tokens=0):
+    """One prompt, one ``generate`` call, greedy (the same decoding llm_transform uses);
+    ``min_new_tokens`` > 0 forbids the end token before that many (equal work in benchmarks)."""
     import torch
 
     encoded = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=max_input_tokens)
@@ -86,6 +87,7 @@ def generate_one(tokenizer, model, prompt, max_new_tokens, max_input_tokens=512)
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
+            **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
         )
     return tokenizer.decode(generated[0], skip_special_tokens=True).strip()
 
@@ -131,12 +133,12 @@ def predict_batch(model_dir, batch_size):
     return predict_batch_udf(make_predict_fn, return_type=T.ArrayType(T.FloatType()), batch_size=batch_size)
 
 
-def llm_row_udf(model_dir, max_new_tokens):
+def llm_row_udf(model_dir, max_new_tokens, min_new_tokens=0):
     from pyspark.sql import functions as F
 
     def label(prompt):
         tokenizer, model = cached_seq2seq(model_dir)
-        return generate_one(tokenizer, model, prompt, max_new_tokens)
+        return generate_one(tokenizer, model, prompt, max_new_tokens, min_new_tokens=min_new_tokens)
 
     return F.udf(label, "string")
 
@@ -148,7 +150,7 @@ def make_udf(spark, args):
         return broadcast_udf(spark, args.model, args.batch_size)
     if args.approach == "predict-batch":
         return predict_batch(args.model, args.batch_size)
-    return llm_row_udf(args.model, args.max_new_tokens)
+    return llm_row_udf(args.model, args.max_new_tokens, args.min_new_tokens)
 
 
 def apply(rows, udf, args):
@@ -222,6 +224,7 @@ def parse_args(argv=None):
     parser.add_argument("--row-limit", type=int, default=0, help="--limit of the row approach")
     parser.add_argument("--naive-limit", type=int, default=0, help="--limit of the row-load-per-call approach")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--min-new-tokens", type=int, default=0, help="llm-row: no end token before this many")
     parser.add_argument("--prompt-template", default="sentiment of the text: {text}")
     parser.add_argument("--no-warm-up", action="store_true")
     args = parser.parse_args(argv)

@@ -15,12 +15,31 @@ LOADERS = {
     "seq2seq": models.load_seq2seq,
     clip.KIND: clip.load_clip_dir,
 }
+#: ``ctranslate2:<compute type>``: a CTranslate2 conversion (spark_apps/common/ct2.py), not torch
+CT2_KIND = "ctranslate2:"
+
+
+def seq2seq_kind(engine, compute_type="int8"):
+    """The model kind of llm_transform's ``--engine``."""
+    return CT2_KIND + compute_type if engine == "ctranslate2" else "seq2seq"
+
+
+def _ct2_loader(kind, threads):
+    from spark_apps.common import ct2
+
+    compute_type = kind[len(CT2_KIND) :]
+    return lambda model_dir: ct2.load(model_dir, compute_type, threads or models.task_cpus())
 
 
 def load(kind, model_spec, threads=None):
-    """The cached model of ``kind`` and its fingerprint, torch threads set for this task."""
-    models.set_torch_threads(threads)
-    model, model_dir = models.cached_model(kind, model_spec, LOADERS[kind])
+    """The cached model of ``kind`` and its fingerprint, torch (or CTranslate2) threads set for
+    this task."""
+    if kind.startswith(CT2_KIND):
+        loader = _ct2_loader(kind, threads)
+    else:
+        models.set_torch_threads(threads)
+        loader = LOADERS[kind]
+    model, model_dir = models.cached_model(kind, model_spec, loader)
     return model, models.fingerprint(model_dir)
 
 
@@ -134,15 +153,18 @@ def embed_batches(batches, model_spec, batch_size, threads=None, on_batch=None, 
         yield from output_slices(frame, output_rows)
 
 
-def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512):
+def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_input_tokens=512, min_new_tokens=0):
     """Greedy ``generate`` + decode of ``prompts``, ``batch_size`` at a time, in input order.
 
-    Prompts are grouped by length so a batch pads little; greedy decoding (no sampling, one
-    beam) makes the output a function of the input only.
+    Prompts are grouped by token length so a batch pads little; greedy decoding (no sampling,
+    one beam) makes the output a function of the input only. ``min_new_tokens`` > 0 forbids the
+    end token before that many tokens (benchmarks: every contender does the same work).
     """
     import torch
 
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    lengths = tokenizer(list(prompts), truncation=True, max_length=max_input_tokens, verbose=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(lengths[i]))
+    extra = {"min_new_tokens": min_new_tokens} if min_new_tokens else {}
     outputs = [None] * len(prompts)
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
@@ -160,6 +182,7 @@ def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_in
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                **extra,
             )
             for i, text in zip(chunk, tokenizer.batch_decode(generated, skip_special_tokens=True)):
                 outputs[i] = text.strip()
@@ -167,20 +190,33 @@ def generate_texts(tokenizer, model, prompts, batch_size, max_new_tokens, max_in
 
 
 def generate_batches(
-    batches, model_spec, batch_size, max_new_tokens, max_input_tokens=512, threads=None, on_batch=None
+    batches,
+    model_spec,
+    batch_size,
+    max_new_tokens,
+    max_input_tokens=512,
+    threads=None,
+    on_batch=None,
+    min_new_tokens=0,
+    kind="seq2seq",
 ):
     """``Iterator[pd.Series of prompts]`` -> ``Iterator[pd.DataFrame(text, model_fingerprint,
     error, truncated)]``. When generation raises, the batch is bisected
     (:func:`spark_apps.common.poison.isolate`): the prompts it raises on alone get a null text and
-    their ``error``. ``truncated``: the prompt had more than ``max_input_tokens`` tokens (cut)."""
+    their ``error``. ``truncated``: the prompt had more than ``max_input_tokens`` tokens (cut).
+    ``kind``: ``seq2seq`` (transformers ``generate``) or :func:`seq2seq_kind` of CTranslate2."""
     import pandas as pd
 
     from spark_apps.common import poison
 
-    (tokenizer, model), model_fingerprint = load("seq2seq", model_spec, threads)
+    (tokenizer, model), model_fingerprint = load(kind, model_spec, threads)
+    if kind.startswith(CT2_KIND):
+        from spark_apps.common.ct2 import generate_texts as engine_generate
+    else:
+        engine_generate = generate_texts
 
     def generate(chunk):
-        return generate_texts(tokenizer, model, chunk, batch_size, max_new_tokens, max_input_tokens)
+        return engine_generate(tokenizer, model, chunk, batch_size, max_new_tokens, max_input_tokens, min_new_tokens)
 
     for prompts in batches:
         start = time.perf_counter()

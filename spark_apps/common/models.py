@@ -10,8 +10,8 @@ import os
 import threading
 
 # an ONNX export folder (spark_apps/common/onnx_encoder.py) has no PyTorch weights: its fingerprint
-# is the file the loader runs, the int8 copy when there is one
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model_int8.onnx", "model.onnx")
+# is the file the loader runs, the int8 copy when there is one; a CTranslate2 conversion's is model.bin
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model_int8.onnx", "model.onnx", "model.bin")
 MODEL_MARKERS = ("config.json", "modules.json")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 

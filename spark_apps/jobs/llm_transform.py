@@ -6,6 +6,9 @@ the output column (default ``label``), model, model_fingerprint.
 
     python -m spark_apps.jobs.llm_transform --input sentences.jsonl --output labels.parquet \
         --model /models/flan-t5-small --prompt-template "sentiment of the text: {text}"
+
+``--engine ctranslate2`` runs the same greedy decoding with CTranslate2 (int8 by default) on a
+model converted once with ``python -m spark_apps.common.ct2 convert MODEL_DIR OUT_DIR``.
 """
 
 import os
@@ -25,10 +28,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from spark_apps.common import cli, inference, io, job, poison, warmup
+from spark_apps.common.ct2 import COMPUTE_TYPES
 
 JOB = "llm_transform"
 # Checked on the driver before Spark starts: they come with the cluster environment.
 REQUIRES = ("torch", "transformers")
+ENGINE_REQUIRES = {"transformers": REQUIRES, "ctranslate2": ("ctranslate2", "transformers")}
 PLACEHOLDER = "{text}"
 DEFAULT_PROMPT = "sentiment of the text: {text}"
 DEFAULT_ARROW_BATCH = 256  # generation is slow per row: smaller batches balance tasks better
@@ -52,10 +57,24 @@ def parse_args(argv=None):
     )
     group.add_argument("--max-new-tokens", type=cli.positive_int, default=8, help="generated tokens per row, at most")
     group.add_argument(
+        "--min-new-tokens", type=int, default=0, help="no end token before this many tokens (benchmarks: equal work)"
+    )
+    group.add_argument(
+        "--engine",
+        choices=sorted(ENGINE_REQUIRES),
+        default="transformers",
+        help="transformers generate, or CTranslate2 on a converted model (python -m spark_apps.common.ct2 convert)",
+    )
+    group.add_argument(
+        "--compute-type", choices=COMPUTE_TYPES, default="int8", help="CTranslate2 compute type (--engine ctranslate2)"
+    )
+    group.add_argument(
         "--max-input-tokens", type=cli.positive_int, default=512, help="prompts are truncated to this many tokens"
     )
     group.add_argument("--output-column", default="label", help="column that receives the generated text")
     args = parser.parse_args(argv)
+    if not 0 <= args.min_new_tokens <= args.max_new_tokens:
+        parser.error("--min-new-tokens must be between 0 and --max-new-tokens")
     if PLACEHOLDER not in args.prompt_template:
         parser.error("--prompt-template must contain {text}")
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.output_column) or args.output_column in RESERVED:
@@ -75,16 +94,22 @@ def prompt_column(template, text):
 
 def generation_udf(model_spec, args, generate_seconds):
     batch_size, max_new, max_input = args.batch_size, args.max_new_tokens, args.max_input_tokens
-    threads = args.torch_threads
+    threads, min_new, kind = args.torch_threads, args.min_new_tokens, engine_kind(args)
 
     def on_batch(seconds, rows):
         generate_seconds.add(seconds)
 
     @F.pandas_udf(GENERATED)
     def generate(prompts: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        return inference.generate_batches(prompts, model_spec, batch_size, max_new, max_input, threads, on_batch)
+        return inference.generate_batches(
+            prompts, model_spec, batch_size, max_new, max_input, threads, on_batch, min_new, kind
+        )
 
     return generate
+
+
+def engine_kind(args):
+    return inference.seq2seq_kind(args.engine, args.compute_type)
 
 
 def output_columns(output_column):
@@ -108,7 +133,7 @@ def transform(rows, generate_udf, template, output_column, model_name):
 
 def run(spark, args, warehouse, watch):
     source, target = warehouse.path(args.input), warehouse.path(args.output)
-    model = warmup.prepare_model(spark, args, "seq2seq", DEFAULT_ARROW_BATCH, watch)
+    model = warmup.prepare_model(spark, args, engine_kind(args), DEFAULT_ARROW_BATCH, watch)
     generate_seconds = spark.sparkContext.accumulator(0.0)
     observed = Observation("llm_transform_input")
     rows = io.read_text_rows(spark, source, args.input_format, args.id_column, args.text_column, observed)
@@ -135,6 +160,8 @@ def run(spark, args, warehouse, watch):
         "outputs": {"transformed": target, "dead_letter": outcome["dead_letter"]},
         "model": model["name"],
         "model_fingerprint": model["fingerprint"],
+        "engine": args.engine,
+        "compute_type": args.compute_type if args.engine == "ctranslate2" else None,
         "rows_in": counts["rows_in"],
         "rows_skipped_null_text": counts["rows_null_text"] or 0,
         "rows_transformed": done,
@@ -151,7 +178,8 @@ def run(spark, args, warehouse, watch):
 
 
 def main(argv=None):
-    return job.run_job(JOB, parse_args(argv), run, requires=REQUIRES)
+    args = parse_args(argv)
+    return job.run_job(JOB, args, run, requires=ENGINE_REQUIRES[args.engine])
 
 
 if __name__ == "__main__":
