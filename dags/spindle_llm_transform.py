@@ -7,6 +7,8 @@
   table (`id`, `text`) in the run's warehouse folder.
 - **llm_transform** applies a seq2seq model (flan-t5 family, `AutoModelForSeq2SeqLM.generate`)
   to every sentence with a prompt template, batched per Arrow batch, model loaded once per worker.
+- **publish_output** emits the asset `spindle_llm_transformed` (version and location in the event
+  extra) once the chosen lane's job wrote the table.
 - **delete_cluster** is the teardown of `create_cluster`: it runs when the job fails and when the
   run is marked failed.
 
@@ -22,6 +24,8 @@ from spindle.operators.local_spark import (
     LocalSparkCreateClusterOperator,
     LocalSparkDeleteClusterOperator,
 )
+from spindle.alerts import run_deadline
+from spindle.assets import publish_llm_output
 from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
 from spindle.operators.spark_app import SparkAppJobOperator
 from spindle.pipelines import (
@@ -48,6 +52,7 @@ with DAG(
     tags=["spindle", "llm"],
     doc_md=__doc__,
     default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
+    deadline=run_deadline(),  # env SPINDLE_RUN_DEADLINE_MINUTES: an email when a run is late (spindle.alerts)
     params={
         "input_path": input_param(
             "data/samples/stsbenchmark/sts-dev.csv",
@@ -78,6 +83,14 @@ with DAG(
             pattern="^[A-Za-z_][A-Za-z0-9_]{0,63}$",
             title="Output column",
             description="Column that receives the generated text.",
+        ),
+        "engine": Param(
+            "transformers",
+            type="string",
+            enum=["transformers", "ctranslate2"],
+            title="Engine",
+            description="transformers generate, or CTranslate2 int8 on a model converted with "
+            "python -m spark_apps.common.ct2 convert (model_path then names the converted folder).",
         ),
         "batch_size": batch_size_param(16),
         "max_error_rate": max_error_rate_param(),
@@ -110,6 +123,7 @@ with DAG(
             "max_new_tokens": "{{ params.max_new_tokens }}",
             "output_column": "{{ params.output_column }}",
             "batch_size": "{{ params.batch_size }}",
+            "engine": "{{ params.engine }}",
             "max_error_rate": "{{ params.max_error_rate }}",
         },
         **job_kwargs(),
@@ -121,7 +135,7 @@ with DAG(
 
     # The same create -> job -> delete lane on Yandex Data Proc, EMR and EMR Serverless,
     # picked per run by param/Variable 'backend' (spindle.backends.lanes).
-    add_backend_lanes(
+    lanes = add_backend_lanes(
         check=check,
         plan=plan,
         after=sentences,
@@ -129,3 +143,8 @@ with DAG(
         jobs=[transform],
         model=plan["model_path"],
     )
+    # The asset spindle_llm_transformed, after whichever lane ran (spindle.assets).
+    publish = publish_llm_output(plan["transformed"], backend=check["backend"], settings=check["settings"])
+    transform >> publish
+    for lane in lanes.values():
+        lane.children[f"{lane.group_id}.{transform.task_id}"] >> publish

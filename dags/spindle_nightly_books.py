@@ -22,6 +22,9 @@ reads the chosen backend's warehouse, local or object storage).
   When no book survived the filters it is skipped ("0 books survived the filters ...") and no
   alias moves.
   Search: `python -m spindle.vectors.search "a detective story in foggy London"`.
+  It emits the assets `spindle_books`, `spindle_book_embeddings` and `spindle_book_vectors`
+  (the version in the event extra; `spindle_books_consumer` is scheduled on the last). When the
+  manifest flags drift it emails, and with param `hold_alias_on_drift` moves no alias.
 - **delete_cluster** is the teardown of `create_cluster`: it runs when a job fails and when the
   run is marked failed, so no cluster outlives its run.
 
@@ -38,6 +41,8 @@ from spindle.operators.local_spark import (
     LocalSparkCreateClusterOperator,
     LocalSparkDeleteClusterOperator,
 )
+from spindle.alerts import run_deadline
+from spindle.assets import BOOK_EMBEDDINGS, BOOK_VECTORS, BOOKS
 from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
 from spindle.covers import check_covers, covers_enabled, covers_params
 from spindle.operators.spark_app import SparkAppJobOperator
@@ -69,6 +74,7 @@ with DAG(
     tags=["spindle", "embeddings"],
     doc_md=__doc__,
     default_args=task_defaults(),  # retries with backoff, failure email (spindle.pipelines)
+    deadline=run_deadline(),  # env SPINDLE_RUN_DEADLINE_MINUTES: an email when a run is late (spindle.alerts)
     params={
         "input_path": input_param(
             "data/samples/openlibrary/editions-head-n1000.txt",
@@ -131,6 +137,14 @@ with DAG(
             title="Incremental",
             description="Carry over vectors of unchanged texts from the last complete run "
             "(pointer runs/spindle_nightly_books/latest.json); off: embed every row again.",
+        ),
+        "hold_alias_on_drift": Param(
+            False,
+            type="boolean",
+            title="Hold the alias on drift",
+            description="When the embeddings drifted from the previous version above the threshold, load "
+            "the new version but keep search on the previous one until approved "
+            "(python -m spindle.vectors.versions switch books_text <collection>). A drift email goes out either way.",
         ),
     },
 ) as dag:
@@ -225,6 +239,9 @@ with DAG(
         backend=check["backend"],
         settings=check["settings"],  # reads the Parquet from that backend's warehouse (local or S3)
         trigger_rule="none_failed",  # runs when optional upstreams (cover embedding) were skipped
+        manifest=plan["manifest"],  # its drift figures: a drift email, and the alias held back on request
+        hold_on_drift="{{ params.hold_alias_on_drift }}",
+        outlets=[BOOKS, BOOK_EMBEDDINGS, BOOK_VECTORS],  # "new book vectors", version in the event extra
     )
 
     plan >> create >> prepare >> embed >> images >> delete

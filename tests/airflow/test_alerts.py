@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.airflow_env import AIRFLOW_HOME, WAREHOUSE_SECRET
+from tests.support.paths import DAGS as REPO_DAGS
 from tests.support.smtp import SmtpServer
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -183,3 +184,158 @@ def test_job_timeout_follows_the_param(dagbag):
     task = dagbag.dags["spindle_llm_transform"].get_task("llm_transform").prepare_for_execution()
     task._pre_execute_hook({"params": {"job_timeout_minutes": 7}, "task": task})
     assert task.execution_timeout == timedelta(minutes=7)
+
+
+# --------------------------------------------------------------------------- drift
+def _write_version(folder: Path, ids: list[str], vectors, model: str) -> None:
+    """books.parquet and embeddings.parquet as prepare_books / embed_text write them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": ids, "title": [f"Book {i}" for i in ids]}), folder / "books.parquet")
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "vector": pa.array(vectors.tolist(), pa.list_(pa.float32())),
+                "model": [model] * len(ids),
+                "model_fingerprint": ["sha256:test"] * len(ids),
+            }
+        ),
+        folder / "embeddings.parquet",
+    )
+
+
+def test_drift_sends_one_email_and_holds_the_alias_until_approved(bag, smtp, tmp_path, monkeypatch, capfd):
+    """A nightly run whose manifest flags drift, with param hold_alias_on_drift: load_vectors (run
+    for real by dag.test(); the Spark tasks are marked success by Airflow's mark_success_pattern,
+    their outputs written here as the jobs write them) loads the version without moving the
+    alias and sends one drift email; `versions switch`, the approval, then moves it."""
+    import datetime as dt
+
+    import numpy as np
+    from spark_apps.common import drift
+    from spindle.pipelines import default_embedding_model, run_prefix
+    from spindle.vectors import versions
+    from spindle.vectors.loading import load_embeddings
+    from spindle.vectors.store import MilvusVectorStore
+
+    from tests.support.airflow_env import WAREHOUSE
+
+    monkeypatch.delenv("AIRFLOW_CONN_SPINDLE_MILVUS", raising=False)
+    monkeypatch.setenv("SPINDLE_MILVUS_URI", str(tmp_path / "milvus.db"))
+    rng = np.random.default_rng(7)
+    ids = [f"/books/OL{i}M" for i in range(60)]
+    previous = rng.normal(size=(60, 16))
+    current = previous + 1.5  # every vector moved: a shift a classifier tells apart
+    figures = drift.compare(previous, current)  # the job's own drift figures
+    assert figures["drift_detected"] and figures["classifier_auc"] > figures["auc_threshold"]
+
+    # The version search serves now.
+    _write_version(tmp_path / "previous", ids, previous, "test-model")
+    with MilvusVectorStore(tmp_path / "milvus.db") as store:
+        served = load_embeddings(
+            store,
+            tmp_path / "previous" / "embeddings.parquet",
+            alias="books_text",
+            version="v20261101000000_aaaaaa",
+            books_path=tmp_path / "previous" / "books.parquet",
+            model_dir=default_embedding_model(),
+        ).collection
+
+    run_after = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    run_id = f"manual__{run_after.isoformat()}"
+    folder = WAREHOUSE / run_prefix(DAG_ID, run_id)
+    _write_version(folder, ids, current, "test-model")
+    (folder / "manifest.json").write_text(json.dumps({"drift": figures}))
+
+    spark_tasks = r"create_cluster|prepare_books|embed_text|embed_images|delete_cluster"
+    run = bag.dags[DAG_ID].test(
+        run_after=run_after, run_conf={"hold_alias_on_drift": True}, mark_success_pattern=spark_tasks
+    )
+    output = "".join(capfd.readouterr())
+    assert run.run_id == run_id and str(run.state) == "success", _states(run)
+    assert _states(run)["load_vectors"] == "success"
+
+    assert len(smtp.messages) == 1, [m.message["Subject"] for m in smtp.messages]
+    mail = smtp.messages[0]
+    assert mail.message["Subject"] == f"[Spindle] {DAG_ID}: embedding drift above the threshold (run {run_id})"
+    with MilvusVectorStore(tmp_path / "milvus.db") as store:
+        new = [info.name for info in store.versions("books_text") if info.name != served]
+        assert len(new) == 1 and store.count(new[0]) == len(ids)
+        assert store.resolve_alias("books_text") == served  # held back: search serves the previous version
+    body = mail.body()
+    assert f"python -m spindle.vectors.versions switch books_text {new[0]}" in body
+    assert str(figures["classifier_auc"]) in body and mail.rcpt_to == RECIPIENTS
+    assert "books_text held back on" in output
+
+    assert versions.main(["switch", "books_text", new[0]]) == 0  # the approval
+    with MilvusVectorStore(tmp_path / "milvus.db") as store:
+        assert store.resolve_alias("books_text") == new[0]
+
+
+# --------------------------------------------------------------------------- deadline
+def test_a_run_past_its_deadline_sends_one_email(smtp, monkeypatch):
+    """Airflow's own deadline alert: a run created through the REST API (queued, as a trigger
+    makes it) of the nightly DAG parsed with a 60 ms deadline gets a Deadline row; once it has
+    passed, the scheduler's handling (Deadline.handle_miss) queues the callback and the
+    executor's callback runner (execute_callback) sends one email."""
+    import time
+    from datetime import timedelta
+
+    from airflow.api_fastapi.app import create_app
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import sync_bag_to_db
+    from airflow.models import DagRun
+    from airflow.models.deadline import Deadline
+    from airflow.sdk.execution_time.callback_supervisor import execute_callback
+    from airflow.utils.session import create_session
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    from tests.support.airflow_env import parse_dags
+
+    monkeypatch.setenv("SPINDLE_RUN_DEADLINE_MINUTES", "0.001")
+    bag = parse_dags()
+    DagBundlesManager().sync_bundles_to_db()
+    sync_bag_to_db(bag, "dags-folder", None)  # what the dag processor does
+    with TestClient(create_app("core")) as client:
+        response = client.post(f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": {"limit": 1}})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["dag_run_id"]
+    try:
+        time.sleep(0.5)
+        with create_session() as session:
+            run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
+            deadlines = session.scalars(select(Deadline).where(Deadline.dagrun_id == run.id)).all()
+            assert len(deadlines) == 1
+            assert deadlines[0].deadline_time == run.queued_at + timedelta(minutes=0.001)
+            deadlines[0].handle_miss(session)  # the scheduler loop's call for a deadline in the past
+            data = dict(deadlines[0].callback.data)
+        assert smtp.messages == []  # queued, not yet run
+        import structlog  # the executor's supervisor logs with structlog
+
+        ok, error = execute_callback(data["path"], data["kwargs"], REPO_DAGS, None, structlog.get_logger("test"))
+        assert ok, error
+        assert len(smtp.messages) == 1
+        mail = smtp.messages[0]
+        assert mail.message["Subject"] == f"[Spindle] {DAG_ID}: run {run_id} is past its deadline"
+        assert run_id in mail.body() and mail.rcpt_to == RECIPIENTS
+    finally:
+        with create_session() as session:
+            session.delete(session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id)))
+
+
+def test_run_deadline_env(monkeypatch):
+    from spindle.alerts import run_deadline, run_deadline_minutes
+
+    monkeypatch.delenv("SPINDLE_RUN_DEADLINE_MINUTES", raising=False)
+    assert run_deadline_minutes() == 0 and run_deadline() is None
+    monkeypatch.setenv("SPINDLE_RUN_DEADLINE_MINUTES", "240")
+    assert run_deadline().interval.total_seconds() == 240 * 60
+    monkeypatch.setenv("SPINDLE_RUN_DEADLINE_MINUTES", "0")
+    assert run_deadline() is None
+    monkeypatch.setenv("SPINDLE_RUN_DEADLINE_MINUTES", "soon")
+    with pytest.raises(ValueError, match="SPINDLE_RUN_DEADLINE_MINUTES"):
+        run_deadline_minutes()

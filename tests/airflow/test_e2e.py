@@ -206,7 +206,8 @@ def assert_spark_ui_links(result: RunResult, job_task_ids: list[str], client) ->
         url = f"/api/v2/dags/{result.dag_id}/dagRuns/{result.run_id}/taskInstances/{task_id}/links"
         response = client.get(url)
         assert response.status_code == 200, response.text
-        assert response.json()["extra_links"] == {"Spark UI": expected}
+        history = f"http://localhost:18080/history/{app_id}/jobs/"  # SPINDLE_HISTORY_URL's default
+        assert response.json()["extra_links"] == {"Spark UI": expected, "Spark History": history}
 
 
 def assert_vectors_loaded(result: RunResult, embeddings: list[dict[str, Any]]) -> None:
@@ -258,7 +259,18 @@ def api_client():
 
 
 @pytest.fixture(scope="module")
-def nightly_run() -> RunResult:
+def lineage_events(tmp_path_factory):
+    """OpenLineage's file transport for this module's DAG runs (the provider's listener in the
+    ``airflow dags test`` process writes every task's events there, one JSON per line)."""
+    path = tmp_path_factory.mktemp("openlineage") / "events.jsonl"
+    transport = {"type": "file", "log_file_path": str(path), "append": True}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT", json.dumps(transport))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def nightly_run(lineage_events) -> RunResult:
     conf = {"reference_year": 2026, "num_workers": 2, "worker_cores": 1, "worker_memory_mb": 1536}
     return run_dag_cli("spindle_nightly_books", conf)
 
@@ -272,7 +284,7 @@ def tiny_t5(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llm_run(tiny_t5) -> RunResult:
+def llm_run(tiny_t5, lineage_events) -> RunResult:
     conf = {"model_path": str(tiny_t5), "limit": 40, "max_new_tokens": 4, "batch_size": 8}
     return run_dag_cli("spindle_llm_transform", conf)
 
@@ -387,3 +399,116 @@ def test_failing_job_still_deletes_the_cluster(dagbag, tmp_path, no_new_clusters
     assert result.xcom("llm_transform", "_link_SparkUILink"), "a failed job still links to its Spark UI"
     assert "Cannot execute" in result.output  # spark-submit's failure, with its output's tail
     assert WAREHOUSE_SECRET not in result.output
+
+
+# --------------------------------------------------------------------------- assets, lineage
+def asset_events(asset_name: str, run_id: str) -> list[Any]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == asset_name, AssetEvent.source_run_id == run_id)
+        ).all()
+        session.expunge_all()
+        return list(rows)
+
+
+def assert_consumer_follows_book_vectors(run_id: str, loaded: dict[str, Any], run_folder: Path, dagbag) -> None:
+    """load_vectors of run ``run_id`` emitted the nightly assets with the run's version; Airflow's
+    scheduler code (its asset-triggered run creation, called for real) starts
+    spindle_books_consumer from them, whose task reports that version from Milvus."""
+    from airflow.jobs.job import Job
+    from airflow.jobs.scheduler_job_runner import SchedulerJobRunner
+    from airflow.models import DagRun
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    (vectors,) = asset_events("spindle_book_vectors", run_id)
+    assert vectors.extra["version"] == loaded["version"] and vectors.extra["collections"] == loaded["outputs"]
+    (books,) = asset_events("spindle_books", run_id)
+    assert books.extra["location"] == str(run_folder / "books.parquet")
+    (embeddings,) = asset_events("spindle_book_embeddings", run_id)
+    assert embeddings.extra["locations"] == {"books_text": str(run_folder / "embeddings.parquet")}
+
+    consumer = "spindle_books_consumer"
+    with create_session() as session:
+        assert session.scalars(select(AssetDagRunQueue).where(AssetDagRunQueue.target_dag_id == consumer)).all()
+        query, triggered = DagModel.dags_needing_dagruns(session)
+        assert consumer in triggered
+        due = [model for model in query.all() if model.dag_id == consumer]
+        SchedulerJobRunner(job=Job())._create_dag_runs_asset_triggered(dag_models=due, session=session)
+        session.flush()
+        run = session.scalars(select(DagRun).where(DagRun.dag_id == consumer).order_by(DagRun.id.desc())).first()
+        assert str(run.run_type) == "asset_triggered"
+        assert vectors.id in {event.id for event in run.consumed_asset_events}
+        session.rollback()  # the test runs the consumer itself, below
+
+    report = dagbag.dags[consumer].test()
+    assert str(report.state) == "success"
+    reported = xcoms(consumer, report.run_id)[("report_new_version", "return_value")]
+    assert reported["version"] == loaded["version"] and reported["run_id"] == run_id
+    assert reported["collections"]["books_text"] == {
+        "collection": loaded["outputs"]["books_text"],
+        "rows": loaded["rows_upserted"],
+        "serving": True,
+    }
+
+
+def test_outputs_are_assets_and_the_consumer_is_scheduled_on_them(nightly_run, llm_run, dagbag):
+    """The nightly run's assets start the consumer; publish_output emitted the LLM asset."""
+    run_folder = WAREHOUSE / nightly_run.xcom("check_params", "run_prefix")
+    assert_consumer_follows_book_vectors(nightly_run.run_id, nightly_run.xcom("load_vectors"), run_folder, dagbag)
+    (llm,) = asset_events("spindle_llm_transformed", llm_run.run_id)
+    llm_folder = WAREHOUSE / llm_run.xcom("check_params", "run_prefix")
+    assert llm.extra["output"] == str(llm_folder / "transformed.parquet") and llm.extra["backend"] == "local"
+
+
+def lineage_of(events: list[dict], dag_id: str, task_id: str) -> dict:
+    """The COMPLETE event of a task (the file holds this module's runs only)."""
+    done = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{dag_id}.{task_id}"]
+    assert done, f"no COMPLETE event of {dag_id}.{task_id}"
+    return done[-1]
+
+
+def datasets(event: dict, side: str) -> set[tuple[str, str]]:
+    return {(d["namespace"], d["name"]) for d in event[side]}
+
+
+def test_lineage_events_name_each_jobs_inputs_outputs_and_model(nightly_run, llm_run, lineage_events, tiny_t5):
+    """The OpenLineage provider's listener sent, for every job task and load_vectors, the
+    datasets read and written (namespace ``file`` + absolute path for local files, per the
+    OpenLineage naming spec; a Milvus collection for the load) and the model as a run facet."""
+    events = [json.loads(line) for line in lineage_events.read_text().splitlines() if line.strip()]
+    night = WAREHOUSE / nightly_run.xcom("check_params", "run_prefix")
+    dump = nightly_run.xcom("check_params", "input_path")
+    prepare = lineage_of(events, "spindle_nightly_books", "prepare_books")
+    assert datasets(prepare, "inputs") == {("file", dump)}
+    assert datasets(prepare, "outputs") == {("file", str(night / n)) for n in ("books.parquet", "quarantine.parquet")}
+    assert "spindle_model" not in prepare["run"]["facets"]
+
+    embed = lineage_of(events, "spindle_nightly_books", "embed_text")
+    assert datasets(embed, "inputs") == {("file", str(night / "books.parquet"))}
+    assert datasets(embed, "outputs") == {("file", str(night / n)) for n in ("embeddings.parquet", "manifest.json")}
+    model = embed["run"]["facets"]["spindle_model"]
+    fingerprint = parquet_rows(night / "embeddings.parquet")[0]["model_fingerprint"]
+    model_dir = nightly_run.xcom("check_params", "model_path")
+    assert (model["kind"], model["location"], model["fingerprint"]) == ("sentence-transformers", model_dir, fingerprint)
+
+    load = lineage_of(events, "spindle_nightly_books", "load_vectors")
+    assert datasets(load, "inputs") == {("file", str(night / n)) for n in ("books.parquet", "embeddings.parquet")}
+    collection = nightly_run.xcom("load_vectors")["outputs"]["books_text"]
+    ((namespace, name),) = datasets(load, "outputs")
+    assert namespace.startswith("milvus-lite://") and name == f"{SPINDLE_HOME / 'milvus' / 'spindle.db'}/{collection}"
+
+    llm_folder = WAREHOUSE / llm_run.xcom("check_params", "run_prefix")
+    llm = lineage_of(events, "spindle_llm_transform", "llm_transform")
+    assert datasets(llm, "inputs") == {("file", str(llm_folder / "sentences.jsonl"))}
+    assert datasets(llm, "outputs") == {("file", str(llm_folder / "transformed.parquet"))}
+    facet = llm["run"]["facets"]["spindle_model"]
+    assert (facet["kind"], facet["name"]) == ("seq2seq", tiny_t5.name)

@@ -240,6 +240,32 @@ class JobSpec:
         self.metrics = fetch_metrics(s3_conn_id, self.metrics_uri, f"job {self.job!r}")
         return self.metrics
 
+    # ------------------------------------------------------------------ OpenLineage
+    def get_openlineage_facets_on_start(self) -> Any:
+        """Input and output datasets (uploaded inputs under their bucket URI, relative paths under
+        the warehouse root) and the model as shipped to the cluster (``spindle.lineage``)."""
+        from spindle.lineage import job_lineage
+        from spindle.warehouse import warehouse_root
+
+        conn_id = self.setting("warehouse_conn_id")
+        models = (self.staged or {}).get("models", {})
+        model = (self.job_args or {}).get("model")
+        shipped = str(models.get(model, "")).split("#")[0] if isinstance(model, str) else ""
+        return job_lineage(
+            self.job,
+            self.job_args,
+            warehouse_root(conn_id) if conn_id else None,
+            rewrites={k: v for k, v in (self.staged or {}).get("rewrites", {}).items() if "://" in str(v)},
+            model_location=shipped or None,
+            metrics=getattr(self, "metrics", None),
+        )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()
+
 
 def fetch_metrics(s3_conn_id: str, metrics_uri: str | None, what: str) -> dict[str, Any]:
     """The metrics a job wrote to ``metrics_uri`` (``--metrics-output``), read with the amazon

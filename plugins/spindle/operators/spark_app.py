@@ -14,6 +14,8 @@ from airflow.sdk import BaseHook, BaseOperator
 from spindle.config import DEFAULT_WAREHOUSE_CONN_ID, repo_root, secrets_source
 from spindle.hooks.local_spark import LocalSparkClusterHook
 from spindle.hooks.spark_app import SparkAppSubmitHook
+from spindle.history import app_history_url
+from spindle.links.spark_history import XCOM_SPARK_HISTORY_URL, SparkHistoryLink
 from spindle.links.spark_ui import XCOM_SPARK_APP_ID, XCOM_SPARK_UI_URL, SparkUILink
 from spindle.spark_package import build_spark_apps_package
 from spindle.spark_progress import SparkProgressPoller, default_interval
@@ -105,7 +107,7 @@ class SparkAppJobOperator(BaseOperator):
         "conf": "json",
         "application_args": "json",
     }
-    operator_extra_links = (SparkUILink(),)
+    operator_extra_links = (SparkUILink(), SparkHistoryLink())
     ui_color = "#fbe9d0"
 
     def __init__(
@@ -146,6 +148,7 @@ class SparkAppJobOperator(BaseOperator):
         self.cluster_home = cluster_home
         self.spark_ui_url: str | None = None
         self.spark_app_id: str | None = None
+        self.spark_history_url: str | None = None
         self._hook: SparkAppSubmitHook | None = None
 
     # ------------------------------------------------------------------ building blocks
@@ -260,7 +263,27 @@ class SparkAppJobOperator(BaseOperator):
         self.log.info("Spark application %s: %s", self.spark_app_id or "(id unknown)", self.spark_ui_url)
         ti.xcom_push(key=XCOM_SPARK_APP_ID, value=self.spark_app_id)
         ti.xcom_push(key=XCOM_SPARK_UI_URL, value=self.spark_ui_url)
+        if cluster.event_log_dir:  # the event log outlives the cluster: the History Server replays it
+            self.spark_history_url = app_history_url(self.spark_app_id)
+            self.log.info("Spark history (after teardown): %s", self.spark_history_url)
+            ti.xcom_push(key=XCOM_SPARK_HISTORY_URL, value=self.spark_history_url)
 
     def on_kill(self) -> None:
         if self._hook is not None:
             self._hook.on_kill()
+
+    # ------------------------------------------------------------------ OpenLineage
+    def get_openlineage_facets_on_start(self) -> Any:
+        """The job's input and output datasets and model (``spindle.lineage``), from its args."""
+        from spindle.lineage import job_lineage
+        from spindle.warehouse import warehouse_root
+
+        root = warehouse_root(self.warehouse_conn_id) if self.warehouse_conn_id else None
+        metrics = self._hook.metrics if self._hook is not None else None
+        return job_lineage(self.job, self.job_args, root, metrics=metrics)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        return self.get_openlineage_facets_on_start()

@@ -43,6 +43,13 @@ class LoadVectorsOperator(BaseOperator):
     :param version: version label; default: from the run (:func:`run_version`) (templated).
     :param index_type: ``auto`` (FLAT up to 50k rows, else HNSW), ``FLAT``, ``HNSW``, ``AUTOINDEX``.
     :param switch_alias: False loads the version without making it current.
+    :param manifest: the run's ``manifest.json`` (warehouse-relative, templated): when its
+        ``drift.drift_detected`` is true (the embeddings drifted from the previous version above
+        the threshold), a drift email goes out (:func:`spindle.alerts.notify_drift`) and, with
+        ``hold_on_drift``, the version is loaded but no alias moves: search keeps serving the
+        previous version until someone approves (``python -m spindle.vectors.versions switch``).
+    :param hold_on_drift: hold the alias switch back on drift (templated: a bool or
+        ``"True"``/``"False"``, e.g. ``"{{ params.hold_alias_on_drift }}"``).
     :param backend: the run's backend (``check_backend``'s ``backend``, templated): only named
         in messages.
     :param settings: that backend's settings (``check_backend``'s ``settings``, templated; None:
@@ -52,7 +59,12 @@ class LoadVectorsOperator(BaseOperator):
         embeds queries on this side. Use ``trigger_rule="none_failed"`` to run when optional
         upstreams (cover embedding) or the other backends' lanes were skipped.
     :return: XCom ``rows_upserted`` (all sources), ``outputs`` {alias: collection}, ``loads``
-        (per source: counts, collection, previous collection, seconds).
+        (per source: counts, collection, previous collection, seconds), ``drift`` (the manifest's
+        figures, or None), ``held_back`` {alias: collection not made current}.
+
+    Outlets among :mod:`spindle.assets` (``BOOKS``, ``BOOK_EMBEDDINGS``, ``BOOK_VECTORS``) get
+    the version, the locations and the collections in their event's ``extra``. Lineage
+    (OpenLineage): the Parquet it read, the collections it wrote (:mod:`spindle.lineage`).
     """
 
     template_fields: Sequence[str] = (
@@ -60,6 +72,8 @@ class LoadVectorsOperator(BaseOperator):
         "books",
         "books_metrics",
         "version",
+        "manifest",
+        "hold_on_drift",
         "index_type",
         "backend",
         "settings",
@@ -73,6 +87,8 @@ class LoadVectorsOperator(BaseOperator):
         books: str | None = None,
         books_metrics: Mapping[str, Any] | str | None = None,
         version: str | None = None,
+        manifest: str | None = None,
+        hold_on_drift: bool | str = False,
         index_type: str = "auto",
         switch_alias: bool = True,
         backend: str | None = None,
@@ -91,6 +107,8 @@ class LoadVectorsOperator(BaseOperator):
         self.books = books
         self.books_metrics = books_metrics
         self.version = version
+        self.manifest = manifest
+        self.hold_on_drift = hold_on_drift
         self.index_type = index_type
         self.switch_alias = switch_alias
         self.backend = backend
@@ -98,23 +116,85 @@ class LoadVectorsOperator(BaseOperator):
         self.batch_size = batch_size
         self.milvus_conn_id = milvus_conn_id
         self.warehouse_conn_id = warehouse_conn_id
+        self._lineage: Any = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         warehouse = warehouse_for(self.backend, self.settings, self.warehouse_conn_id)
         self.log.info("Backend %s: reading the run's Parquet from %s", self.backend or "local", warehouse.root)
         version = self.version or run_version(context["run_id"], _run_time(context))
+        drift = self._drift(warehouse)
+        hold = bool(drift) and _truthy(self.hold_on_drift)
         loads: list[dict[str, Any]] = []
-        with MilvusHook(self.milvus_conn_id).get_conn() as store:
+        hook = MilvusHook(self.milvus_conn_id)
+        with hook.get_conn() as store:
             self._skip_if_no_books(store, warehouse)
             for source in self.sources:
-                loads.append(self._load(store, warehouse, source, version))
+                loads.append(self._load(store, warehouse, source, version, switch=self.switch_alias and not hold))
         loaded = [item for item in loads if "collection" in item]
+        outputs = {item["alias"]: item["collection"] for item in loaded}
+        held = outputs if hold else {}
+        self._report_drift(context, drift, held)
+        self._emit_assets(context, warehouse, version, outputs)
+        endpoint = hook.endpoint()  # where the collections are, without the token
+        self._lineage = (warehouse.uri, loads, {"uri": endpoint["uri"], "db_name": endpoint["db_name"]})
         return {
             "version": version,
             "rows_upserted": sum(item["rows_upserted"] for item in loaded),
-            "outputs": {item["alias"]: item["collection"] for item in loaded},
+            "outputs": outputs,
             "loads": loads,
+            "drift": drift,
+            "held_back": held,
         }
+
+    # ------------------------------------------------------------------ drift, assets, lineage
+    def _drift(self, warehouse: Warehouse) -> dict[str, Any] | None:
+        """The manifest's drift figures when they flag drift; None otherwise (or no manifest)."""
+        if not self.manifest or not warehouse.exists(self.manifest):
+            return None
+        figures = json.loads(warehouse.read_bytes(self.manifest)).get("drift") or {}
+        return dict(figures) if figures.get("drift_detected") else None
+
+    def _report_drift(self, context: Any, drift: Mapping[str, Any] | None, held: Mapping[str, str]) -> None:
+        if not drift:
+            return
+        from spindle.alerts import approve_command, notify_drift
+
+        self.log.warning(
+            "Drift above the threshold: classifier AUC %s > %s", drift.get("classifier_auc"), drift.get("auc_threshold")
+        )
+        for alias, collection in held.items():
+            self.log.warning(
+                "%s held back on %s (param hold_alias_on_drift): approve with `%s`",
+                alias,
+                collection,
+                approve_command(alias, collection),
+            )
+        try:
+            notify_drift(context, drift, held, log=self.log)
+        except Exception as err:  # noqa: BLE001 - the version is loaded; a mail server's failure must not undo that
+            self.log.error("Drift email not sent: %s: %s", type(err).__name__, err)
+
+    def _emit_assets(self, context: Any, warehouse: Warehouse, version: str, outputs: Mapping[str, str]) -> None:
+        from spindle.assets import BOOK_EMBEDDINGS, BOOK_VECTORS, BOOKS, set_extra
+
+        names = {getattr(outlet, "name", None) for outlet in self.outlets or []}
+        common = {"version": version, "backend": self.backend or "local"}
+        embeddings = {s["alias"]: warehouse.uri(s["embeddings"]) for s in self.sources if s["alias"] in outputs}
+        if BOOKS.name in names and self.books:
+            set_extra(context, BOOKS, **common, location=warehouse.uri(self.books))
+        if BOOK_EMBEDDINGS.name in names:
+            set_extra(context, BOOK_EMBEDDINGS, **common, locations=embeddings)
+        if BOOK_VECTORS.name in names:
+            set_extra(context, BOOK_VECTORS, **common, collections=dict(outputs))
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The books and embeddings Parquet read, the Milvus collections written."""
+        from spindle.lineage import load_lineage
+
+        if self._lineage is None:
+            return None
+        uri, loads, endpoint = self._lineage
+        return load_lineage(uri, self.books, loads, self.sources, endpoint)
 
     def _skip_if_no_books(self, store: Any, warehouse: Warehouse) -> None:
         """Skip the task, moving no alias, when the run's books table is there but empty."""
@@ -136,7 +216,9 @@ class LoadVectorsOperator(BaseOperator):
             "min_pages, subject, max_age_years) or raise limit."
         )
 
-    def _load(self, store: Any, warehouse: Warehouse, source: Mapping[str, Any], version: str) -> dict[str, Any]:
+    def _load(
+        self, store: Any, warehouse: Warehouse, source: Mapping[str, Any], version: str, switch: bool = True
+    ) -> dict[str, Any]:
         alias = source["alias"]
         embeddings = source.get("embeddings") or None
         where = warehouse.uri(embeddings) if embeddings else None
@@ -159,7 +241,7 @@ class LoadVectorsOperator(BaseOperator):
                 dataset=source.get("dataset") or "books",
                 batch_size=self.batch_size,
                 index_type=self.index_type,
-                switch_alias=self.switch_alias,
+                switch_alias=switch,
                 filesystem=filesystem,
                 books_filesystem=books_filesystem,
                 source=where,
@@ -184,6 +266,10 @@ class LoadVectorsOperator(BaseOperator):
             result.previous_collection,
         )
         return result.as_dict()
+
+
+def _truthy(value: Any) -> bool:
+    return value.strip().lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
 
 
 def _metrics(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
