@@ -207,6 +207,21 @@ def _write_version(folder: Path, ids: list[str], vectors, model: str) -> None:
     )
 
 
+@pytest.fixture
+def asset_queue_cleared():
+    """Empties Airflow's asset-triggered run queue after the test. A live scheduler consumes it at
+    once; here none runs, and a row left behind would date the next asset-triggered run to this
+    test's event (``test_e2e`` checks that the consumer follows the nightly run's own event)."""
+    yield
+    from airflow.models.asset import AssetDagRunQueue
+    from airflow.utils.session import create_session
+    from sqlalchemy import delete
+
+    with create_session() as session:
+        session.execute(delete(AssetDagRunQueue))
+
+
+@pytest.mark.usefixtures("asset_queue_cleared")
 def test_drift_sends_one_email_and_holds_the_alias_until_approved(bag, smtp, tmp_path, monkeypatch, capfd):
     """A nightly run whose manifest flags drift, with param hold_alias_on_drift: load_vectors (run
     for real by dag.test(); the Spark tasks are marked success by Airflow's mark_success_pattern,

@@ -56,6 +56,11 @@ pytestmark = [pytest.mark.usefixtures("airflow_db"), pytest.mark.timeout(1200)]
 
 EMBED_APP = ("embed_text", "embed-text")
 
+FULL_MATRIX = pytest.mark.skipif(
+    os.environ.get("SPINDLE_FAULTS_FULL") != "1",
+    reason="in the fault matrix only (scripts/faults.py sets SPINDLE_FAULTS_FULL=1): more nightly runs",
+)
+
 
 @contextmanager
 def retries_off(dag):
@@ -167,6 +172,7 @@ def test_sigterm_embed_task(backend, lane, fault_dagbag, record, capfd):
 
 
 # --------------------------------------------------------------------------- (b)
+@FULL_MATRIX  # the test command keeps the SIGTERM fault's re-run as its exactly-once check
 def test_executor_python_worker_killed(backend, lane, fault_dagbag, record, capfd):
     before = lane.clusters()
 
@@ -203,10 +209,6 @@ def test_executor_python_worker_killed(backend, lane, fault_dagbag, record, capf
 
 
 # --------------------------------------------------------------------------- (d)
-FULL_MATRIX = pytest.mark.skipif(
-    os.environ.get("SPINDLE_FAULTS_FULL") != "1",
-    reason="in the fault matrix only (scripts/faults.py sets SPINDLE_FAULTS_FULL=1): two more nightly runs",
-)
 
 
 def embed_driver(lane: Lane, since: float):
