@@ -29,12 +29,13 @@ from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XComModel
 from airflow.utils.session import create_session
+from spindle.backends.registry import names as backend_names
 from spindle.hooks.local_spark import LocalSparkClusterHook
 from sqlalchemy import func
 from sqlalchemy.exc import OperationalError
 
 REPO = Path(__file__).resolve().parents[1]
-LANES = ("yandex", "emr", "emr_serverless")  # task groups of the cloud backends (spindle.backends.lanes)
+LANES = backend_names()  # task groups of the cloud backends (spindle.backends.lanes)
 DONE = {"success", "failed", "skipped", "upstream_failed", "removed", "up_for_retry"}
 # Metric keys worth showing, in display order: (key, label).
 COUNTS = (
