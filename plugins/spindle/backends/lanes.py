@@ -90,6 +90,40 @@ def _job_kwargs(job: Any) -> dict[str, Any]:
     return kwargs
 
 
+def single_task_lane(
+    check: Any,
+    jobs: Sequence[Any],
+    model: Any,
+    inputs: Any,
+    job_kwargs: Callable[[Any], dict[str, Any]],
+    *,
+    operators: tuple[type, type, type],
+    scheme: str = "s3a",
+) -> tuple[Any, Any, Any]:
+    """:func:`lane` for a backend whose create, job and delete are one operator each (Data Proc,
+    Managed Spark): ``operators`` are their classes (create, job, delete)."""
+    create_op, job_op, delete_op = operators
+
+    def job_task(job, cluster_id, staged, settings, kwargs):
+        run = job_op(task_id=job.task_id, cluster_id=cluster_id, staged=staged, settings=settings, **kwargs)
+        return run, run
+
+    return lane(
+        check,
+        jobs,
+        model,
+        inputs,
+        job_kwargs,
+        storage_conn_key="s3_conn_id",
+        scheme=scheme,
+        create=lambda settings: create_op(task_id="create_cluster", settings=settings),
+        job_tasks=job_task,
+        delete=lambda cluster_id, settings: delete_op(
+            task_id="delete_cluster", cluster_id=cluster_id, settings=settings
+        ),
+    )
+
+
 def lane(
     check: Any,
     jobs: Sequence[Any],

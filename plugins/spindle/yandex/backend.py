@@ -95,33 +95,19 @@ def build_lane(
     check: Any, jobs: Sequence[Any], model: Any, inputs: Any, job_kwargs: Callable[[Any], dict[str, Any]]
 ) -> tuple[Any, Any, Any]:
     """stage → create_cluster → one PySpark job per job → delete_cluster (teardown)."""
-    from spindle.backends.lanes import lane
+    from spindle.backends.lanes import single_task_lane
     from spindle.yandex.operators import (
         SpindleDataprocCreateClusterOperator,
         SpindleDataprocDeleteClusterOperator,
         SpindleDataprocPysparkJobOperator,
     )
 
-    def pyspark_job(job, cluster_id, staged, settings, kwargs):
-        run = SpindleDataprocPysparkJobOperator(
-            task_id=job.task_id, cluster_id=cluster_id, staged=staged, settings=settings, **kwargs
-        )
-        return run, run
-
-    return lane(
-        check,
-        jobs,
-        model,
-        inputs,
-        job_kwargs,
-        storage_conn_key="s3_conn_id",
-        scheme="s3a",
-        create=lambda settings: SpindleDataprocCreateClusterOperator(task_id="create_cluster", settings=settings),
-        job_tasks=pyspark_job,
-        delete=lambda cluster_id, settings: SpindleDataprocDeleteClusterOperator(
-            task_id="delete_cluster", cluster_id=cluster_id, settings=settings
-        ),
+    operators = (
+        SpindleDataprocCreateClusterOperator,
+        SpindleDataprocPysparkJobOperator,
+        SpindleDataprocDeleteClusterOperator,
     )
+    return single_task_lane(check, jobs, model, inputs, job_kwargs, operators=operators)
 
 
 def reap(settings: Mapping[str, Any], dry_run: bool, ttl_override: float | None, now: float) -> list[Any]:
