@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BACKENDS = ("local", "yandex", "emr", "emr_serverless")
+BACKENDS = ("local", "yandex", "yandex_spark", "emr", "emr_serverless")
 COLUMNS = (
     ("fault", "fault"),
     ("backend", "backend"),

@@ -59,6 +59,31 @@ def test_data_proc_create_that_fails_deletes_its_cluster(fake_yandex):
     _record("create_fails_cluster_error", "yandex", started, "the Create operation failed with the cluster in ERROR")
 
 
+def test_managed_spark_create_that_fails_deletes_its_cluster(fake_yandex):
+    """Managed Spark: the cluster is registered, then ends in ERROR and the Create operation
+    fails; the create task deletes the cluster before it fails."""
+    from spindle.yandex_spark.operators import ManagedSparkCreateClusterOperator
+    from yandexcloud.operations import OperationError
+
+    settings = validate_settings("yandex_spark", set_backend_settings("yandex_spark"), "test")
+    spark = fake_yandex.spark
+    name = "spindle-test-spark-create-fails"
+    spark.fail_cluster_start.add(name)
+    started = time.monotonic()
+    try:
+        op = ManagedSparkCreateClusterOperator(task_id="create_cluster", settings=settings, cluster_name=name)
+        with pytest.raises(OperationError, match="injected failure"):
+            op.execute(_context())
+    finally:
+        spark.fail_cluster_start.discard(name)
+    created = [c for c in spark.deleted_clusters.values() if c.proto.name == name]
+    assert len(created) == 1, "the cluster the failed create left was not deleted"
+    assert not [cid for cid in spark.live_clusters if cid == created[0].proto.id]
+    _record(
+        "create_fails_cluster_error", "yandex_spark", started, "the Create operation failed with the cluster in ERROR"
+    )
+
+
 def _record(fault: str, backend: str, started: float, how: str) -> None:
     """A row of the fault table (docs/reliability.md, ``scripts/faults.py``); written only when
     the assertions above held, and only when ``SPINDLE_FAULTS_RESULTS`` names a results file."""
@@ -121,6 +146,33 @@ def test_emr_create_that_times_out_terminates_its_job_flow(fake_aws):
     assert len(ours) == 1 and ours[0]["Id"] == op._job_flow_id
     assert ours[0]["Status"]["State"] == "TERMINATED"
     _record("create_fails_timeout", "emr", started, "the job flow never became ready (create_timeout_minutes)")
+
+
+def test_emr_serverless_create_that_fails_to_start_deletes_its_application(fake_aws):
+    """The application is created, then fails to start (the fake's knob: it ends ``STOPPED``):
+    the provider's wait fails and the create task deletes the application before it fails."""
+    from airflow.providers.amazon.aws.exceptions import WaiterTerminalFailure
+    from spindle.aws.operators import SpindleEmrServerlessCreateApplicationOperator
+
+    from tests.fakes.aws import FAILED_START_APPLICATION_PREFIXES
+
+    context = _context()
+    context["ti"].dag_id = "spindle_failed_start"
+    prefix = "spindle-spindle_failed_start-"
+    settings = validate_settings("emr_serverless", set_backend_settings("emr_serverless", waiter_delay=1), "test")
+    client = fake_aws.moto.client("emr-serverless")
+    FAILED_START_APPLICATION_PREFIXES.add(prefix)
+    started = time.monotonic()
+    try:
+        op = SpindleEmrServerlessCreateApplicationOperator(task_id="create_cluster", settings=settings)
+        with pytest.raises(WaiterTerminalFailure, match="failed to start"):
+            op.execute(context)
+    finally:
+        FAILED_START_APPLICATION_PREFIXES.discard(prefix)
+    ours = [a for a in client.list_applications()["applications"] if a["name"].startswith(prefix)]
+    assert len(ours) == 1, ours  # it was created ...
+    assert ours[0]["state"] == "TERMINATED"  # ... and deleted by the failing create task
+    _record("create_fails_start_error", "emr_serverless", started, "the application was created, then failed to start")
 
 
 def test_emr_step_task_killed_cancels_its_step(fake_aws):

@@ -36,8 +36,12 @@ The runner starts a job flow's steps only once it is ready (WAITING / RUNNING), 
 Serverless job run cancelled in moto (``CancelJobRun``) has its driver killed and stays
 ``CANCELLED``.
 
-Fault knob: a job flow whose name starts with one of :data:`STUCK_JOB_FLOW_PREFIXES` never
-becomes ready (it stays ``STARTING``, as one whose instances never come up, until terminated).
+Fault knobs: a job flow whose name starts with one of :data:`STUCK_JOB_FLOW_PREFIXES` never
+becomes ready (it stays ``STARTING``, as one whose instances never come up, until terminated); a
+Serverless application whose name starts with one of :data:`FAILED_START_APPLICATION_PREFIXES`
+fails to start (``StartApplication`` leaves it ``STOPPED`` with ``stateDetails`` saying why, as
+the service does when it cannot provision the pre-initialized capacity), and one whose name starts
+with one of :data:`STUCK_APPLICATION_PREFIXES` stays ``STARTING`` until stopped.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ REGION = "us-east-1"
 
 #: Fault knob: job flows whose name starts with one of these stay STARTING (see the module doc).
 STUCK_JOB_FLOW_PREFIXES: set[str] = set()
+#: Fault knob: Serverless applications whose name starts with one of these fail to start.
+FAILED_START_APPLICATION_PREFIXES: set[str] = set()
+#: Fault knob: Serverless applications whose name starts with one of these stay STARTING.
+STUCK_APPLICATION_PREFIXES: set[str] = set()
 
 
 def extend_moto_emr() -> None:
@@ -118,6 +126,25 @@ def extend_moto_emr() -> None:
     Emr.get_auto_termination_policy = get_auto_termination_policy
     Emr.cancel_steps = cancel_steps
     Emr._spindle_extended = True
+    _fail_starts_on_request()
+
+
+def _fail_starts_on_request() -> None:
+    """Apply :data:`FAILED_START_APPLICATION_PREFIXES` to moto's ``StartApplication``."""
+    from moto.emrserverless.models import EMRServerlessBackend
+
+    start_application = EMRServerlessBackend.start_application
+
+    def start_or_fail(self, application_id: str) -> None:
+        start_application(self, application_id)
+        app = self.applications[application_id]
+        if any(app.name.startswith(prefix) for prefix in FAILED_START_APPLICATION_PREFIXES):
+            app.state = "STOPPED"
+            app.state_details = "injected failure: the pre-initialized capacity could not be provisioned"
+        elif any(app.name.startswith(prefix) for prefix in STUCK_APPLICATION_PREFIXES):
+            app.state = "STARTING"  # until stopped
+
+    EMRServerlessBackend.start_application = start_or_fail
 
 
 def _free_port() -> int:

@@ -28,7 +28,7 @@ def pytest_generate_tests(metafunc):
         marker = metafunc.definition.get_closest_marker("backends")
         allowed = marker.args if marker else None
         backends = [b for b in selected_backends() if allowed is None or b in allowed]
-        metafunc.parametrize("backend", backends)
+        metafunc.parametrize("backend", backends, scope="module")  # module fixtures may use it
 
 
 @pytest.hookimpl(wrapper=True)
@@ -78,13 +78,18 @@ def lane(backend, request) -> Lane:
     """The backend's lane; a cloud lane starts the fakes and points the backend's settings at them."""
     if backend == "local":
         return Lane(backend, [SPINDLE_HOME / "clusters"], input_path=request.getfixturevalue("fault_input"))
+    return cloud_lane(backend, request)
+
+
+def cloud_lane(backend: str, request) -> Lane:
+    """A cloud backend's lane on the fakes (session fixtures), its settings pointed at them."""
     from tests.support.cloud import set_backend_settings
 
     request.getfixturevalue("cluster_environment")
     aws = request.getfixturevalue("fake_aws")
     fakes = {"aws": aws}
     homes = [aws.runner.clusters.home]
-    if backend == "yandex":
+    if backend in ("yandex", "yandex_spark"):  # both run on the Yandex fake's clusters
         fakes["yandex"] = request.getfixturevalue("fake_yandex")
         homes.append(fakes["yandex"].local_clusters.home)
     set_backend_settings(backend)

@@ -257,7 +257,10 @@ def test_driver_killed(backend, lane, fault_dagbag, record):
 
 # --------------------------------------------------------------------------- (c)
 def _loader(db, data: dict, version: str, batch_size: int, pause_after: int = 0) -> subprocess.Popen:
-    return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after)
+    from tests.support.cloud import WAREHOUSES
+
+    conn_id = WAREHOUSES[data["backend"]][0] if data["backend"] != "local" else None
+    return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after, conn_id)
 
 
 def _whole(store, alias: str) -> tuple[str, int, int]:
@@ -268,7 +271,6 @@ def _whole(store, alias: str) -> tuple[str, int, int]:
     return name, len(ids), len(set(ids))
 
 
-@pytest.mark.backends("local")
 def test_load_vectors_interrupted(backend, lane, fault_dagbag, record, tmp_path):
     from spindle.vectors.store import MilvusVectorStore
 
@@ -278,6 +280,7 @@ def test_load_vectors_interrupted(backend, lane, fault_dagbag, record, tmp_path)
         FINISHED[backend] = {"run_id": run.run_id, "rows": None}
     run_id = FINISHED[backend]["run_id"]
     data = {name: output_uri(backend, NIGHTLY, run_id, f"{name}.parquet") for name in ("books", "embeddings")}
+    data["backend"] = backend
     rows = len(read_table(data["embeddings"]))
     batches = 8
     batch_size = max(1, -(-rows // batches))

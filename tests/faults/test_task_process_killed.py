@@ -19,16 +19,16 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import contextmanager
 
 import psutil
 import pytest
 
-from tests.support.faults import NIGHTLY, POINTER, Lane, active_app, cluster_pids, kill, python_workers
+from tests.support.faults import NIGHTLY, POINTER, Lane, active_app, kill, python_workers
 from tests.support.paths import REPO
 from tests.support.ui import AirflowServer, marked_pids
 
 pytestmark = [
-    pytest.mark.backends("local"),
     pytest.mark.timeout(1500),
     pytest.mark.skipif(
         os.environ.get("SPINDLE_FAULTS_REAL_SCHEDULER") != "1",
@@ -36,13 +36,21 @@ pytestmark = [
     ),
 ]
 
+EMBED_APP = ("embed_text", "embed-text")
+#: The create of a nightly cluster on the AWS fakes never finishes while the create fault runs
+#: (moto's job flows and applications are ready at once: nothing to kill a wait in otherwise).
+STUCK_PREFIX = f"spindle-{NIGHTLY}-"
+
 
 class FaultServer(AirflowServer):
     """The UI tests' Airflow, with no task retries (the kill hits the last try) and a short
-    heartbeat timeout, so that the scheduler also notices a task whose supervisor died."""
+    heartbeat timeout, so that the scheduler also notices a task whose supervisor died. On a
+    cloud lane it gets the fakes' connections and the backend's settings (environment variables,
+    as the test process has them) and the packed cluster environment the stage task ships."""
 
     def env(self) -> dict[str, str]:
         env = super().env()
+        env.update(getattr(self, "cloud_env", {}))
         env.update(
             {
                 "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "0",
@@ -57,8 +65,18 @@ class FaultServer(AirflowServer):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(backend, request, tmp_path_factory):
     server = FaultServer(log_dir=tmp_path_factory.mktemp("fault-airflow-logs"))
+    if backend != "local":
+        from tests.faults.conftest import cloud_lane
+
+        server.lane = cloud_lane(backend, request)
+        server.cloud_env = {k: v for k, v in os.environ.items() if k.startswith(CLOUD_ENV)}
+        env_link = server.spindle_home / "artifacts" / "env"  # what the stage task ships
+        env_link.parent.mkdir(parents=True, exist_ok=True)
+        env_link.symlink_to(request.getfixturevalue("cluster_environment").parent, target_is_directory=True)
+    else:
+        server.lane = Lane("local", [server.clusters_dir])
     try:
         server.start()
         server.wait_for_dag(NIGHTLY)
@@ -69,18 +87,50 @@ def server(tmp_path_factory):
         server.cleanup()
 
 
+#: What a cloud lane's Airflow needs of the test process's environment: the fakes' connections
+#: and the backend's settings.
+CLOUD_ENV = ("AIRFLOW_CONN_", "AIRFLOW_VAR_SPINDLE_BACKEND_")
+
+
 def _trigger(server: FaultServer) -> str:
-    conf = Lane("local", []).conf(limit=1000)
-    conf.pop("backend")
+    conf = Lane(server.lane.backend, []).conf(limit=1000)
+    if server.lane.backend == "local":
+        conf.pop("backend")
     run = server.api("POST", f"/dags/{NIGHTLY}/dagRuns", {"logical_date": None, "conf": conf})
     return run["dag_run_id"]
 
 
 def _states(server: FaultServer, run_id: str) -> dict[str, str]:
+    """{task: state}: the DAG's shared tasks (``load_vectors``) and the lane's tasks by their bare
+    name (``create_cluster`` for ``yandex.create_cluster``, over the local lane's own)."""
     from urllib.parse import quote
 
     data = server.api("GET", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances?limit=100")
-    return {ti["task_id"]: str(ti["state"]) for ti in data["task_instances"]}
+    states = {ti["task_id"]: str(ti["state"]) for ti in data["task_instances"] if "." not in ti["task_id"]}
+    prefix = server.lane.backend + "."
+    for ti in data["task_instances"]:
+        if ti["task_id"].startswith(prefix):
+            states[ti["task_id"].removeprefix(prefix)] = str(ti["state"])
+    return states
+
+
+def _task_instance(server: FaultServer, run_id: str, task: str) -> dict:
+    from urllib.parse import quote
+
+    return server.api("GET", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances/{server.lane.task(task)}")
+
+
+def _running_task_process(server: FaultServer, run_id: str, task: str) -> psutil.Process | None:
+    """The process of a running task (the task instance's ``pid``, which the supervisor reports
+    for the task process it started), once it is one of this test's scheduler's descendants."""
+    ti = _task_instance(server, run_id, task)
+    if ti.get("state") != "running" or not ti.get("pid"):
+        return None
+    try:
+        proc = psutil.Process(ti["pid"])
+    except psutil.Error:
+        return None
+    return proc if _ours(proc, server) else None
 
 
 def _wait(find, timeout: float, server: FaultServer, interval: float = 0.2):
@@ -108,7 +158,7 @@ def _task_logs(server: FaultServer, run_id: str, task_id: str) -> str:
     """Every try's log of a task, through the REST API (as the UI shows it)."""
     from urllib.parse import quote
 
-    base = f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+    base = f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}/taskInstances/{server.lane.task(task_id)}"
     tries = server.api("GET", base)["try_number"]
     logs = []
     for number in range(1, tries + 1):
@@ -123,90 +173,144 @@ def _task_logs(server: FaultServer, run_id: str, task_id: str) -> str:
 def _save(server: FaultServer, name: str, text: str) -> None:
     folder = REPO / "test-artifacts" / "faults"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text)
+    (folder / f"{server.lane.backend}-{name}").write_text(text)
 
 
-def _wait_clean(server: FaultServer, cluster_id: str, since: float, timeout: float) -> float | None:
-    """Seconds from ``since`` until no process of the cluster is left; None if some still are."""
+def _left(server: FaultServer, before: set[str]) -> set[str]:
+    """Clusters this test made that the service (local: the process table) still has."""
+    return server.lane.service_clusters() - before
+
+
+def _wait_clean(server: FaultServer, before: set[str], since: float, timeout: float) -> float | None:
+    """Seconds from ``since`` until none of this test's clusters is left; None if some still are."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not cluster_pids(server.clusters_dir, cluster_id):
+        if not _left(server, before):
             return round(time.monotonic() - since, 1)
         time.sleep(0.5)
     return None
 
 
-def _finish(server: FaultServer, run_id: str, record, cluster_id: str, killed_at: float) -> dict[str, str]:
+def _finish(server: FaultServer, run_id: str, record, before: set[str], killed_at: float) -> dict[str, str]:
     run = server.wait_for_run(NIGHTLY, run_id, timeout=600)
     record.run_state = run["state"]
-    record.cleanup_seconds = _wait_clean(server, cluster_id, killed_at, timeout=30)
-    record.clusters_left = 1 if cluster_pids(server.clusters_dir, cluster_id) else 0
+    record.cleanup_seconds = _wait_clean(server, before, killed_at, timeout=30)
+    record.clusters_left = len(_left(server, before))
     states = _states(server, run_id)
     record.note("tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v != "skipped"))
     return states
 
 
+def _pointer(server: FaultServer) -> bytes | None:
+    if server.lane.backend != "local":
+        return server.lane.pointer()
+    pointer_file = server.spindle_home / "warehouse" / POINTER
+    return pointer_file.read_bytes() if pointer_file.exists() else None
+
+
+def _embed_app(server: FaultServer):
+    """The embed_text application once it runs with an executor's Python worker (the model UDF)."""
+    for part in EMBED_APP:
+        app = active_app(server.lane.homes, part)
+        if app is not None and python_workers(app.folder):
+            return app
+    return None
+
+
+@contextmanager
+def _creates_never_finish(backend: str):
+    """EMR / EMR Serverless on moto: the nightly cluster stays STARTING while the fault runs."""
+    from tests.fakes import aws
+
+    knob = {"emr": aws.STUCK_JOB_FLOW_PREFIXES, "emr_serverless": aws.STUCK_APPLICATION_PREFIXES}.get(backend)
+    if knob is not None:
+        knob.add(STUCK_PREFIX)
+    try:
+        yield
+    finally:
+        if knob is not None:
+            knob.discard(STUCK_PREFIX)
+
+
 def test_sigkill_create_task(backend, server, record):
-    run_id = _trigger(server)
+    before = server.lane.service_clusters()
+    if backend == "local":
+        run_id = _trigger(server)
+        cluster = _wait(lambda: _starting_master(server), 300, server, interval=0.05)
+        task_process = psutil.Process(cluster["master"]["pid"]).parent()  # the task process started the daemon
+        what = f"cluster {cluster['cluster_id']} started"
+    else:
+        with _creates_never_finish(backend):
+            run_id = _trigger(server)
 
-    def starting_master():
-        for state in server.clusters_dir.glob("*/state.json"):
-            data = json.loads(state.read_text() or "{}")
-            master = data.get("master") or {}
-            if data.get("status") == "STARTING" and master.get("pid") and psutil.pid_exists(master["pid"]):
-                return data
-        return None
+            def creating():
+                if not _left(server, before):
+                    return None
+                return _running_task_process(server, run_id, "create_cluster")
 
-    cluster = _wait(starting_master, 300, server, interval=0.05)
-    task_process = psutil.Process(cluster["master"]["pid"]).parent()  # the task process started the daemon
-    assert task_process is not None and _ours(task_process, server)
-    killed = kill(task_process)
+            task_process = _wait(creating, 300, server, interval=0.1)
+            what = f"the service had created {sorted(_left(server, before))}"
+            killed = kill(task_process)
+    if backend == "local":
+        killed = kill(task_process)
     killed_at = time.monotonic()
-    record.note(
-        f"SIGKILL to the create_cluster task process {killed['pid']} while cluster {cluster['cluster_id']} started"
-    )
-    states = _finish(server, run_id, record, cluster["cluster_id"], killed_at)
+    assert task_process is not None and _ours(task_process, server)
+    record.note(f"SIGKILL to the create_cluster task process {killed['pid']} while {what}")
+    states = _finish(server, run_id, record, before, killed_at)
     # What happens is recorded, whatever it is; the run must end, and not succeed.
     assert record.run_state == "failed", states
     assert states["create_cluster"] in ("failed", "up_for_retry"), states
     if record.clusters_left:
-        left = cluster_pids(server.clusters_dir, cluster["cluster_id"])
-        record.note(f"cluster left running ({len(left)} processes): the teardown does not run when its setup failed")
-        notes = _reap_now(server, cluster["cluster_id"])
+        record.note(f"cluster left {sorted(_left(server, before))}: the teardown does not run when its setup failed")
+        notes = _reap_now(server, before)
         record.note("; ".join(notes))
         assert "deleted by hand" not in notes[-1], "the reaper's orphan rule left the cluster running"
 
 
+def _starting_master(server: FaultServer):
+    for state in server.clusters_dir.glob("*/state.json"):
+        data = json.loads(state.read_text() or "{}")
+        master = data.get("master") or {}
+        if data.get("status") == "STARTING" and master.get("pid") and psutil.pid_exists(master["pid"]):
+            return data
+    return None
+
+
 def test_sigkill_embed_task(backend, server, record):
-    pointer_file = server.spindle_home / "warehouse" / POINTER
-    pointer = pointer_file.read_bytes() if pointer_file.exists() else None
+    before, pointer = server.lane.service_clusters(), _pointer(server)
     run_id = _trigger(server)
 
-    def driver_mid_job():
-        app = active_app([server.clusters_dir], "embed_text")
-        if app is None or not python_workers(app.folder):
+    def mid_job():
+        app = _embed_app(server)
+        if app is None:
             return None
+        if backend != "local":  # the job runs on the cluster: the task process only waits for it
+            task_process = _running_task_process(server, run_id, "embed_text")
+            return (app, task_process, None) if task_process is not None else None
         for proc in psutil.process_iter():
             try:
                 cmdline = " ".join(proc.cmdline())
             except psutil.Error:
                 continue
             if "SparkSubmit" in cmdline and "embed_text.py" in cmdline and _ours(proc, server):
-                return app, proc
+                return app, proc.parent(), proc
         return None
 
-    app, submit = _wait(driver_mid_job, 600, server)
-    task_process = submit.parent()
+    app, task_process, submit = _wait(mid_job, 600, server)
     assert task_process is not None and _ours(task_process, server)
     lineage = " < ".join(f"{p.pid} {p.name()}" for p in [task_process, *task_process.parents()[:3]])
     killed = kill(task_process)
     killed_at = time.monotonic()
     record.note(f"SIGKILL to the embed_text task process {killed['pid']} while {app.app_id} ran ({lineage})")
-    states = _finish(server, run_id, record, app.cluster_id, killed_at)
+    states = _finish(server, run_id, record, before, killed_at)
     _save(server, "sigkill_embed_task.log", _task_logs(server, run_id, "embed_text"))
-    driver_left = submit.is_running() and submit.status() != psutil.STATUS_ZOMBIE
-    record.note("spark-submit of the killed task " + ("still running at the end" if driver_left else "gone"))
-    moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
+    if submit is not None:  # local: spark-submit is a child of the task process
+        driver_left = submit.is_running() and submit.status() != psutil.STATUS_ZOMBIE
+        record.note("spark-submit of the killed task " + ("still running at the end" if driver_left else "gone"))
+    else:
+        still = active_app(server.lane.homes, app.name)
+        record.note("the job on the cluster " + ("STILL RUNNING at the end" if still else "gone with its cluster"))
+    moved = _pointer(server) != pointer
     record.note("latest.json " + ("MOVED by the orphaned driver" if moved else "not moved"))
     assert record.run_state == "failed", states
     assert states["embed_text"] == "failed", states
@@ -215,53 +319,56 @@ def test_sigkill_embed_task(backend, server, record):
         record.note(f"embed_text driver processes left: {leftovers}")
     assert states["delete_cluster"] == "success", states
     assert record.clusters_left == 0
+    assert not moved
 
 
 def test_run_marked_failed(backend, server, record):
     """The run is marked failed through the REST API (as the UI's "Mark as failed" does) while
-    ``embed_text`` runs: Airflow fails the running task (its supervisor stops it: ``on_kill``) and
-    skips every pending task, the teardown included; the reaper's orphan rule takes the cluster."""
+    ``embed_text`` runs: Airflow fails the running task (its supervisor stops it: ``on_kill``
+    stops the driver or cancels the job) and skips the pending tasks; the cluster must not be left."""
     from urllib.parse import quote
 
-    pointer_file = server.spindle_home / "warehouse" / POINTER
-    pointer = pointer_file.read_bytes() if pointer_file.exists() else None
+    before, pointer = server.lane.service_clusters(), _pointer(server)
     run_id = _trigger(server)
-
-    def embed_running():
-        app = active_app([server.clusters_dir], "embed_text")
-        return app if app is not None and python_workers(app.folder) else None
-
-    app = _wait(embed_running, 600, server)
+    app = _wait(lambda: _embed_app(server), 600, server)
     server.api("PATCH", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
     marked_at = time.monotonic()
     record.note(f"run marked failed through the REST API while {app.app_id} ran")
     first = server.wait_for_run(NIGHTLY, run_id, timeout=60)["state"]
 
+    def job_running() -> bool:
+        if backend == "local":
+            return bool(_embed_drivers(server))
+        return active_app(server.lane.homes, app.name) is not None
+
     deadline = time.monotonic() + 120  # the supervisor learns it at its next heartbeat
-    while time.monotonic() < deadline and _embed_drivers(server):
+    while time.monotonic() < deadline and job_running():
         time.sleep(1)
-    drivers = _embed_drivers(server)
+    running = job_running()
     record.note(
-        f"embed_text driver {'STILL RUNNING' if drivers else 'stopped'} {time.monotonic() - marked_at:.0f} s after"
+        f"embed_text job {'STILL RUNNING' if running else 'stopped'} {time.monotonic() - marked_at:.0f} s after"
     )
+    deadline = time.monotonic() + 120  # the teardown, where Airflow runs it
+    while time.monotonic() < deadline and _left(server, before):
+        time.sleep(1)
     states = _states(server, run_id)
     record.note("tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v != "skipped"))
     record.note("skipped: " + ", ".join(sorted(k for k, v in states.items() if v == "skipped")))
-    left = cluster_pids(server.clusters_dir, app.cluster_id)
-    record.clusters_left = 1 if left else 0
+    left = _left(server, before)
+    record.clusters_left = len(left)
     if left:
-        record.note(f"cluster left running ({len(left)} processes) after the run ended")
-        notes = _reap_now(server, app.cluster_id)
+        record.note(f"cluster left {sorted(left)} after the run ended")
+        notes = _reap_now(server, before)
         record.note("; ".join(notes))
         assert "deleted by hand" not in notes[-1], "the reaper's orphan rule left the cluster running"
     record.cleanup_seconds = round(time.monotonic() - marked_at, 1)
-    moved = (pointer_file.read_bytes() if pointer_file.exists() else None) != pointer
+    moved = _pointer(server) != pointer
     record.note("latest.json " + ("MOVED" if moved else "not moved"))
     # Recorded, not asserted: Airflow lets the teardown finish and then judges the run by its
     # leaves, which the mark skipped; the run can end "success" although a job task failed.
     final = server.api("GET", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}")["state"]
     record.run_state = f"marked failed (read back: {first}), final: {final}"
-    assert not drivers and not moved and not cluster_pids(server.clusters_dir, app.cluster_id)
+    assert not running and not moved and not _left(server, before)
     assert states["embed_text"] == "failed", states
     assert states["load_vectors"] in ("skipped", "upstream_failed"), states
 
@@ -270,24 +377,27 @@ def _embed_drivers(server: FaultServer) -> list[int]:
     return [p for p in marked_pids(server.run_token) if "embed_text.py" in " ".join(_cmdline(p))]
 
 
-def _reap_now(server: FaultServer, cluster_id: str) -> list[str]:
+def _reap_now(server: FaultServer, before: set[str]) -> list[str]:
     """Trigger the reaper DAG on the same Airflow (``dry_run: false``; the orphan grace is 0 in
-    this server) and record what it did with the cluster: the nightly DAG has no active run any
-    more, so its cluster is an orphan, whatever its TTL. Deleted by hand if it is still there."""
+    this server) and record what it did with the clusters left: the nightly DAG has no active
+    run any more, so they are orphans, whatever their TTL. Deleted by hand if still there."""
     reaper = "spindle_reaper"
     server.wait_for_dag(reaper)
     server.api("PATCH", f"/dags/{reaper}", {"is_paused": False})
     started = time.monotonic()
-    run = server.api(
-        "POST", f"/dags/{reaper}/dagRuns", {"logical_date": None, "conf": {"dry_run": False, "backends": ["local"]}}
-    )
+    conf = {"dry_run": False, "backends": [server.lane.backend]}
+    run = server.api("POST", f"/dags/{reaper}/dagRuns", {"logical_date": None, "conf": conf})
     done = server.wait_for_run(reaper, run["dag_run_id"], timeout=300)
     notes = [f"reaper run (dry_run false): {done['state']} in {time.monotonic() - started:.0f} s"]
-    if cluster_pids(server.clusters_dir, cluster_id):
+    left = _wait_clean(server, before, time.monotonic(), timeout=60) is None
+    if left and server.lane.backend == "local":
         from spindle.hooks.local_spark import LocalSparkClusterHook
 
-        LocalSparkClusterHook(home=str(server.clusters_dir)).delete_cluster(cluster_id)
+        for cluster_id in _left(server, before):
+            LocalSparkClusterHook(home=str(server.clusters_dir)).delete_cluster(cluster_id)
         notes.append("still running after the reaper's run: deleted by hand")
+    elif left:
+        notes.append(f"still live after the reaper's run: {sorted(_left(server, before))}; deleted by hand")
     else:
         notes.append("gone after the reaper's run (orphan: its DAG had no active run)")
     return notes

@@ -28,7 +28,7 @@ import psutil
 BACKENDS_ENV = "SPINDLE_FAULTS_BACKENDS"
 #: Where fault records are appended (JSON lines); unset: not written.
 RESULTS_ENV = "SPINDLE_FAULTS_RESULTS"
-ALL_BACKENDS = ("local", "yandex", "emr", "emr_serverless")
+ALL_BACKENDS = ("local", "yandex", "yandex_spark", "emr", "emr_serverless")
 
 
 def selected_backends() -> list[str]:
@@ -356,6 +356,24 @@ class Lane:
         """Clusters created since ``before`` that still have a live process (once settled)."""
         self.settle()
         return sorted(cid for home, cid in self.clusters() - before if cluster_pids(home, cid))
+
+    def service_clusters(self) -> set[str]:
+        """Ids of the clusters the backend's service still lists as live (the fakes' own APIs):
+        what a cloud bill counts, whether or not a Spark process runs for it. Local: the clusters
+        with a live process."""
+        if self.backend == "local":
+            return {cid for home, cid in self.clusters() if cluster_pids(home, cid)}
+        if self.backend == "yandex":
+            return set(self.fakes["yandex"].live_clusters)
+        if self.backend == "yandex_spark":
+            return set(self.fakes["yandex"].spark.live_clusters)
+        self.settle()
+        if self.backend == "emr":
+            emr = self.fakes["aws"].moto.client("emr")
+            live = ["STARTING", "BOOTSTRAPPING", "RUNNING", "WAITING", "TERMINATING"]
+            return {c["Id"] for c in emr.list_clusters(ClusterStates=live)["Clusters"]}
+        serverless = self.fakes["aws"].moto.client("emr-serverless")
+        return {a["id"] for a in serverless.list_applications()["applications"] if a["state"] != "TERMINATED"}
 
     def pointer(self) -> bytes | None:
         from tests.support.airflow_env import WAREHOUSE

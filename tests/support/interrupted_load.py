@@ -22,13 +22,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def start_loader(
-    db: Path, embeddings: str, books: str | None, version: str, batch_size: int, pause_after: int = 0
+    db: Path,
+    embeddings: str,
+    books: str | None,
+    version: str,
+    batch_size: int,
+    pause_after: int = 0,
+    warehouse_conn_id: str | None = None,
 ) -> subprocess.Popen:
     """This command in a subprocess (stdout and stderr merged, text), for a test to read and kill."""
     command = [sys.executable, "-m", "tests.support.interrupted_load", str(embeddings), "--uri", str(db)]
     command += ["--version", version, "--batch-size", str(batch_size), "--pause-after", str(pause_after)]
     if books:
         command += ["--books", str(books)]
+    if warehouse_conn_id:
+        command += ["--warehouse-conn-id", warehouse_conn_id]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -53,10 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--pause-after", type=int, default=0, help="batches to upsert before pausing (0: never)")
+    parser.add_argument("--warehouse-conn-id", help="read bucket URIs with this warehouse's credentials")
     args = parser.parse_args(argv)
 
     from spindle.vectors.loading import load_embeddings
     from spindle.vectors.store import MilvusVectorStore
+    from spindle.warehouse import warehouse_for
+
+    filesystem = books_filesystem = None
+    embeddings, books = args.embeddings, args.books
+    if args.warehouse_conn_id:  # as load_vectors reads a cloud lane's output: from the bucket
+        warehouse = warehouse_for(None, {"warehouse_conn_id": args.warehouse_conn_id})
+        filesystem, embeddings = warehouse.locate(embeddings)
+        if books:
+            books_filesystem, books = warehouse.locate(books)
 
     batches = 0
     upsert = MilvusVectorStore.upsert
@@ -76,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     with MilvusVectorStore(args.uri) as store:
         result = load_embeddings(
             store,
-            args.embeddings,
+            embeddings,
             alias=args.alias,
             version=args.version,
-            books_path=args.books,
+            books_path=books,
             batch_size=args.batch_size,
+            filesystem=filesystem,
+            books_filesystem=books_filesystem,
         )
     print("RESULT " + json.dumps(result.as_dict()), flush=True)
     return 0
