@@ -15,26 +15,10 @@ import pytest
 from spindle.backends import registry
 from spindle.backends.config import BackendConfigError, validate_settings
 
-from tests.support.cloud import BUCKET, set_backend_settings
+from tests.support.cloud import BUCKET, FAILING_JOB, METRICS_JOB, set_backend_settings
 
 pytestmark = pytest.mark.timeout(600)
 
-#: Writes the metrics object where the task reads it, through the cluster's own s3a (the Hadoop
-#: FileSystem API: the job has no credentials of its own), then prints a marker.
-METRICS_JOB = b"""
-import json, sys
-from pyspark.sql import SparkSession
-uri = sys.argv[sys.argv.index("--metrics-output") + 1]
-spark = SparkSession.builder.getOrCreate()
-jvm = spark.sparkContext._jvm
-path = jvm.org.apache.hadoop.fs.Path(uri)
-out = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)
-out.write(bytearray(json.dumps({"job": "metrics_job", "rows": 3}).encode()))
-out.close()
-print("wrote metrics to", uri)
-spark.stop()
-"""
-FAILING_JOB = b"def load():\n    raise ValueError('no such table: books_42')\n\nload()\n"
 SLEEPING_JOB = b"import time\ntime.sleep(600)\n"
 
 

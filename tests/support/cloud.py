@@ -181,3 +181,46 @@ def read_bytes(uri: str) -> bytes | None:
 
 def read_embeddings(run_id: str, backend: str = "local"):
     return read_table(output_uri(backend, "spindle_nightly_books", run_id, "embeddings.parquet"))
+
+
+# --------------------------------------------------------------------------- job operators alone
+#: A job that writes the metrics object where the job task reads it, through the cluster's own
+#: s3a (the Hadoop FileSystem API: the job has no credentials of its own), then prints a marker.
+METRICS_JOB = b"""
+import json, sys
+from pyspark.sql import SparkSession
+uri = sys.argv[sys.argv.index("--metrics-output") + 1]
+spark = SparkSession.builder.getOrCreate()
+jvm = spark.sparkContext._jvm
+path = jvm.org.apache.hadoop.fs.Path(uri)
+out = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)
+out.write(bytearray(json.dumps({"job": "metrics_job", "rows": 3}).encode()))
+out.close()
+print("wrote metrics to", uri)
+spark.stop()
+"""
+#: A job that fails with a traceback.
+FAILING_JOB = b"def load():\n    raise ValueError('no such table: books_42')\n\nload()\n"
+
+
+class TaskInstance:
+    """What Spindle's operators read from a task context's task instance (ids, XCom push), for
+    driving an operator's ``execute`` / ``execute_complete`` outside a DAG run."""
+
+    def __init__(self, task_id: str, run_id: str = "manual__operator", dag_id: str = "spindle_nightly_books") -> None:
+        self.dag_id, self.run_id, self.task_id, self.try_number, self.map_index = dag_id, run_id, task_id, 1, -1
+        self.xcom: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.xcom[key] = value
+
+
+def task_context(task_id: str, run_id: str = "manual__operator") -> dict:
+    ti = TaskInstance(task_id, run_id)
+    return {"ti": ti, "task_instance": ti}
+
+
+def upload(fake_aws, key: str, body: bytes) -> str:
+    """Put ``body`` in the bucket; its ``s3a://`` URI."""
+    fake_aws.moto.client("s3").put_object(Bucket=BUCKET, Key=key, Body=body)
+    return f"s3a://{BUCKET}/{key}"

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,61 @@ def test_the_stack_is_complete_and_healthchecked(raw, resolved):
     init_script = "/opt/spindle/scripts/init_local_secrets.py"
     assert init_script in " ".join(services["airflow-init"]["command"])
     assert any(target == init_script for _, target, _ in _volumes(services["airflow-init"]))
+
+
+def _host_path(service: dict, container_path: str) -> Path:
+    """Where ``container_path`` of ``service`` is on the host, through its bind mounts."""
+    for source, target, _ in sorted(_volumes(service), key=lambda v: -len(v[1])):
+        if container_path == target or container_path.startswith(target.rstrip("/") + "/"):
+            return (REPO / source).resolve() / Path(container_path).relative_to(target)
+    raise AssertionError(f"{container_path} is on no bind mount of the service")
+
+
+def test_spark_history_serves_the_event_logs_the_airflow_containers_write(resolved, tmp_path):
+    """spark-history runs Spark's History Server from the same image over the warehouse's
+    ``_spark-events`` (the same host folder the task containers' jobs write to), published on
+    the port the "Spark History" links (``SPINDLE_HISTORY_URL``) point at."""
+    from spindle import history
+
+    services = resolved["services"]
+    server = services["spark-history"]
+    assert "profiles" not in server and "healthcheck" in server, "part of the default stack, health-checked"
+    assert server["image"] == services["airflow-scheduler"]["image"] and server["build"]
+    assert server["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+    command = server["command"]
+    assert command[:4] == ["python", "-m", "spindle.history", "serve"] and "--dir" not in command
+    assert command[command.index("--host") + 1] == "0.0.0.0", "reachable through the published port"
+    port = int(command[command.index("--port") + 1])
+    assert (
+        server["environment"]["PYTHONPATH"]
+        == services["airflow-scheduler"]["environment"]["AIRFLOW__CORE__PLUGINS_FOLDER"]
+    )
+    (published,) = [p["published"] for p in server["ports"] if int(p["target"]) == port]
+    assert f":{port}/api/v1/" in " ".join(server["healthcheck"]["test"])
+
+    # One event-log folder: what `serve` reads ($SPINDLE_SPARK_EVENTS_DIR) is where the jobs of the
+    # task containers write, the warehouse root of the local secrets file + _spark-events, and
+    # the same host folder in every container.
+    events = server["environment"][history.ENV_EVENTS_DIR]
+    init_env = services["airflow-init"]["environment"]
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "init_local_secrets.py"), str(tmp_path)],
+        check=True,
+        env={**_compose_env(), "SPINDLE_HOME": init_env["SPINDLE_HOME"]},
+    )
+    root = json.loads((tmp_path / "connections.json").read_text())["spindle_warehouse"]["extra"]["root"]
+    assert events == f"{root}/{history.EVENTS_FOLDER}"
+    assert events in " ".join(services["airflow-init"]["command"]), "airflow-init creates it for the server"
+    host_folder = _host_path(server, events)
+    for name in ("airflow-scheduler", "airflow-worker", "airflow-init"):  # where the tasks run, who creates it
+        assert services[name]["environment"][history.ENV_EVENTS_DIR] == events, name
+        assert _host_path(services[name], events) == host_folder, name
+
+    # The links the job tasks make point at the published port.
+    for name in ("airflow-scheduler", "airflow-worker"):
+        base = services[name]["environment"][history.ENV_HISTORY_URL]
+        assert base == f"http://localhost:{published}", name
+        assert history.app_history_url("app-1", base) == f"http://localhost:{published}/history/app-1/jobs/"
 
 
 def test_dockerfile_extends_the_official_image_with_java_and_pinned_requirements():

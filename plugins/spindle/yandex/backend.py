@@ -59,6 +59,12 @@ SETTINGS: dict[str, tuple[Any, Any, str]] = {
     ),
     "cluster_id": ((str, type(None)), None, "the persistent cluster (strategy start_stop only)"),
     "master_ui_port": (int, 8088, "master UI port for the Spark UI link when UI Proxy is off"),
+    "deferrable": (
+        (bool, type(None)),
+        None,
+        "job tasks wait in the triggerer, freeing their worker slot (null: [operators] default_deferrable)",
+    ),
+    "poll_interval": ((int, float), 5, "seconds between job status polls of a deferred job task"),
 }
 
 

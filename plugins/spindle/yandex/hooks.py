@@ -1,5 +1,6 @@
 """Data Proc calls the provider's :class:`DataprocHook` lacks: cluster/host/UI-link reads,
-listing clusters by label, start/stop, and the job log API."""
+listing clusters by label, start/stop, job submit without waiting (the deferrable wait), job
+reads and the job log API."""
 
 from __future__ import annotations
 
@@ -7,15 +8,24 @@ from typing import Any
 
 import yandex.cloud.dataproc.v1.cluster_service_pb2 as cluster_service_pb
 import yandex.cloud.dataproc.v1.cluster_service_pb2_grpc as cluster_service_grpc_pb
+import yandex.cloud.dataproc.v1.job_pb2 as job_pb
 import yandex.cloud.dataproc.v1.job_service_pb2 as job_service_pb
 import yandex.cloud.dataproc.v1.job_service_pb2_grpc as job_service_grpc_pb
 import yandex.cloud.dataproc.v1.subcluster_pb2 as subcluster_pb
+import yandex.cloud.operation.operation_service_pb2 as operation_service_pb
+import yandex.cloud.operation.operation_service_pb2_grpc as operation_service_grpc_pb
 from airflow.providers.yandex.hooks.dataproc import DataprocHook
 
 #: Default port of the Spark UI on a Data Proc master when no UI Proxy is enabled: YARN's
 #: ResourceManager, which links every running Spark application's UI.
 DEFAULT_MASTER_UI_PORT = 8088
 CONSOLE_URL = "https://console.yandex.cloud/folders/{folder_id}/data-proc/cluster/{cluster_id}"
+#: Job states after which nothing changes any more.
+JOB_FINISHED = (job_pb.Job.DONE, job_pb.Job.ERROR, job_pb.Job.CANCELLED)
+
+
+def job_status(job: Any) -> str:
+    return job_pb.Job.Status.Name(job.status)
 
 
 class SpindleDataprocHook(DataprocHook):
@@ -84,6 +94,23 @@ class SpindleDataprocHook(DataprocHook):
         return self.dataproc_client.stop_cluster(cluster_id=cluster_id, decommission_timeout=decommission_timeout)
 
     # ------------------------------------------------------------------ jobs
+    def submit_job(self, request: job_service_pb.CreateJobRequest) -> tuple[str, str]:
+        """``JobService.Create`` without waiting (its operation ends only when the job does):
+        the job's id (from the operation's metadata) and the operation's id."""
+        operation = self.jobs.Create(request)
+        metadata = job_service_pb.CreateJobMetadata()
+        operation.metadata.Unpack(metadata)
+        return metadata.job_id, operation.id
+
+    def get_job(self, cluster_id: str, job_id: str):
+        return self.jobs.Get(job_service_pb.GetJobRequest(cluster_id=cluster_id, job_id=job_id))
+
+    def operation_error(self, operation_id: str) -> str | None:
+        """The error message of a finished operation (a job's Create: why the job failed), else None."""
+        operations = self.sdk.client(operation_service_grpc_pb.OperationServiceStub)
+        operation = operations.Get(operation_service_pb.GetOperationRequest(operation_id=operation_id))
+        return operation.error.message if operation.done and operation.HasField("error") else None
+
     def find_job(self, cluster_id: str, name: str):
         """The newest job named ``name`` on the cluster, or None."""
         jobs, token = [], ""

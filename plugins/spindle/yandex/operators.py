@@ -5,7 +5,9 @@
 - :class:`SpindleDataprocPysparkJobOperator`: the provider's
   :class:`DataprocCreatePysparkJobOperator` running a ``spark_apps`` job from the staged
   artifacts; it streams the job's driver log (Data Proc job log API) into the task log,
-  returns the job's ``SPINDLE_METRICS``, and has "Spark UI" / console links.
+  returns the job's ``SPINDLE_METRICS``, and has "Spark UI" / console links. Deferrable (the
+  provider's operator is not): it submits the job and waits in the triggerer
+  (:class:`~spindle.yandex.triggers.DataprocJobTrigger`), copying the driver log on resume.
 
 Every operator here takes ``cluster_id`` explicitly (``cluster_id=create.output``): the
 provider's fallback ``xcom_pull(key="cluster_id")`` has no ``task_ids`` and finds nothing in
@@ -28,6 +30,7 @@ from airflow.providers.yandex.operators.dataproc import (
     DataprocDeleteClusterOperator,
 )
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException
 
 from spindle.backends.common import (
     LABEL_CREATED,
@@ -105,6 +108,10 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
     :param cluster_id: ``create.output``.
     Other job parameters as in :class:`spindle.backends.common.JobSpec`; ``connection_id`` is the
     Yandex Cloud connection.
+    :param deferrable: wait in the triggerer (None: setting ``deferrable``, else
+        ``[operators] default_deferrable``).
+    :param poll_interval: seconds between the trigger's job status polls (None: setting
+        ``poll_interval``).
     """
 
     template_fields: Sequence[str] = (
@@ -132,6 +139,8 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
         driver_memory=None,
         conf=None,
         log_poll_interval: float = 2.0,
+        deferrable: bool | None = None,
+        poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("name", "")  # empty: dataproc_job_name() at run time
@@ -149,6 +158,8 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
             conf=conf,
         )
         self.log_poll_interval = log_poll_interval
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
         self.spark_ui_url: str | None = None
         self.console_url: str | None = None
 
@@ -165,15 +176,99 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
         self.name = self.name or dataproc_job_name(context["ti"])
         hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
         self._publish_links(context, hook, cluster_id)
+        if self._deferrable():
+            self._submit_and_defer(hook, cluster_id)
         stop = threading.Event()
         streamer = _LogStreamer(hook, cluster_id, self.name, self.log, stop, self.log_poll_interval)
         streamer.start()
         try:
-            super().execute(context)
+            with self.progress(self.setting("s3_conn_id")):  # the job's own progress, from the bucket
+                super().execute(context)
         finally:
             stop.set()
             streamer.join(timeout=60)
             streamer.drain()
+        return self.fetch_metrics(self.setting("s3_conn_id"))
+
+    # ------------------------------------------------------------------ deferrable wait
+    def _deferrable(self) -> bool:
+        if self.deferrable is not None:
+            return self.deferrable
+        if self.setting("deferrable") is not None:
+            return bool(self.setting("deferrable"))
+        from airflow.sdk.configuration import conf
+
+        return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+    def job_request(self, cluster_id: str):
+        """The ``CreateJobRequest`` the provider's operator sends (through the SDK's wrapper)."""
+        import yandex.cloud.dataproc.v1.job_pb2 as job_pb
+        import yandex.cloud.dataproc.v1.job_service_pb2 as job_service_pb
+
+        spec = job_pb.PysparkJob(
+            main_python_file_uri=self.main_python_file_uri,
+            python_file_uris=self.python_file_uris,
+            file_uris=self.file_uris,
+            archive_uris=self.archive_uris,
+            jar_file_uris=self.jar_file_uris,
+            args=self.args,
+            properties=self.properties,
+            packages=self.packages,
+            repositories=self.repositories,
+            exclude_packages=self.exclude_packages,
+        )
+        return job_service_pb.CreateJobRequest(cluster_id=cluster_id, name=self.name, pyspark_job=spec)
+
+    def _submit_and_defer(self, hook: SpindleDataprocHook, cluster_id: str) -> None:
+        from spindle.yandex.triggers import DataprocJobTrigger
+
+        job_id, operation_id = hook.submit_job(self.job_request(cluster_id))
+        self.log.info(
+            "Data Proc job %s (%s) submitted to cluster %s: waiting in the triggerer", job_id, self.name, cluster_id
+        )
+        self.defer(
+            trigger=DataprocJobTrigger(
+                cluster_id=cluster_id,
+                job_id=job_id,
+                connection_id=self.yandex_conn_id,
+                poll_interval=float(self.poll_interval or self.setting("poll_interval", 5)),
+                timeout=self.execution_timeout.total_seconds() if self.execution_timeout else None,
+            ),
+            method_name="execute_complete",
+            kwargs={"name": self.name, "operation_id": operation_id, "metrics_uri": self.metrics_uri},
+        )
+
+    def execute_complete(
+        self,
+        context: Any,
+        event: dict[str, Any],
+        name: str = "",
+        operation_id: str = "",
+        metrics_uri: str | None = None,
+    ) -> dict[str, Any]:
+        """Back from the trigger (a new operator instance): the driver log into the task log, the
+        links, then the job's metrics, or the job's error."""
+        cluster_id, job_id, status = event["cluster_id"], event["job_id"], event["status"]
+        self.yandex_conn_id = self.setting("connection_id", self.yandex_conn_id)
+        self.name, self.metrics_uri = name, metrics_uri
+        hook = SpindleDataprocHook(yandex_conn_id=self.yandex_conn_id)
+        self._publish_links(context, hook, cluster_id)
+        streamer = _LogStreamer(hook, cluster_id, name, self.log, threading.Event(), self.log_poll_interval)
+        streamer.job_id = job_id
+        streamer.drain()
+        if status == "TIMEOUT":
+            self.on_kill()
+        if status != "DONE":
+            error = None
+            if operation_id:
+                try:
+                    error = hook.operation_error(operation_id)
+                except Exception as err:  # noqa: BLE001 - the status says enough
+                    self.log.warning("Could not read the error of job %s: %s", job_id, err)
+            raise AirflowException(
+                f"Data Proc job {job_id} ({self.job}) on cluster {cluster_id} ended {status}"
+                f"{f': {error}' if error else ''}; its driver log is above"
+            )
         return self.fetch_metrics(self.setting("s3_conn_id"))
 
     def on_kill(self) -> None:
