@@ -18,7 +18,13 @@ The driver UI is found by application id (``app_id``: the id, or a callable retu
 driver printed it) or, until the id is known, by application name. Nothing here can fail a task:
 every error of the poll is swallowed, and a driver that has no UI just yields no progress lines.
 
-No Airflow imports: any ``logging.Logger``-like object (``self.log`` of an operator) will do.
+On the cloud lanes the driver UI is out of reach: the job writes the same stages to the bucket
+itself (``--progress-output``, :mod:`spark_apps.common.progress`) and :class:`BucketProgressPoller`
+reads that object instead (same loop, same lines; only :meth:`SparkProgressPoller.poll_once`, the
+source of a snapshot, differs).
+
+No Airflow imports (the bucket poller imports the amazon provider's S3 hook when it polls): any
+``logging.Logger``-like object (``self.log`` of an operator) will do.
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ class ProgressSnapshot:
     @property
     def failed(self) -> int:
         return sum(1 for s in self.stages if s.status == "FAILED")
+
+    @property
+    def tasks(self) -> tuple[int, int]:
+        """(tasks done, tasks) over the stages that ran (skipped ones run no task)."""
+        ran = [s for s in self.stages if s.status != "SKIPPED"]
+        return sum(s.complete for s in ran), sum(s.num_tasks for s in ran)
 
 
 def parse_stages(app_id: str, data: list[dict[str, Any]], at: float) -> ProgressSnapshot:
@@ -196,6 +208,9 @@ class SparkProgressPoller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    #: read once more when stopped (a source that still holds the end state: the bucket)
+    final_poll = False
+
     # ------------------------------------------------------------------ discovery
     def known_app_id(self) -> str | None:
         value = self._app_id() if callable(self._app_id) else self._app_id
@@ -253,14 +268,17 @@ class SparkProgressPoller:
         self.log.info("%s", line)
         return line
 
+    def _safe_tick(self) -> str | None:
+        try:
+            return self.tick()
+        except Exception as err:  # noqa: BLE001 - progress must never fail the task
+            self.log.debug("Spark progress poll failed: %s", err)
+            return None
+
     def _run(self) -> None:
         gave_up = False
         while not self._stop.wait(self.interval):
-            try:
-                line = self.tick()
-            except Exception as err:  # noqa: BLE001 - progress must never fail the task
-                self.log.debug("Spark progress poll failed: %s", err)
-                line = None
+            line = self._safe_tick()
             waited = time.time() - self.started_at
             if line is None and self.last is None and waited <= self.give_up_after:
                 self.log.info(
@@ -288,14 +306,17 @@ class SparkProgressPoller:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.timeout * (self.port_retries + 2) + 1)
+        if self.final_poll:
+            self._safe_tick()
         if self.last is not None:
             snap = self.last
             self.log.info(
-                "Spark progress %s, last seen: stages %d/%d done, %d failed, %s rows in %.0f s",
+                "Spark progress %s, last seen: stages %d/%d done, %d failed, tasks %d/%d done, %s rows in %.0f s",
                 snap.app_id,
                 snap.done,
                 len(snap.stages),
                 snap.failed,
+                *snap.tasks,
                 f"{snap.rows:,}",
                 snap.at - self.started_at,
             )
@@ -305,3 +326,63 @@ class SparkProgressPoller:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class BucketProgressPoller(SparkProgressPoller):
+    """The progress a job writes to object storage itself (``--progress-output``), for the cloud
+    lanes, whose driver UI Airflow cannot reach. Same loop and lines as the driver-UI poller; a
+    line is logged only when the job wrote a newer document, and once more when stopped (the
+    job's last write, at its end). Elapsed time is the application's own (``started`` in the
+    document): the cluster's clock, never compared with this machine's.
+
+    :param uri: ``s3://``/``s3a://`` URI of the document (:meth:`JobSpec.progress_location`).
+    :param aws_conn_id: the lane's S3 connection (the one its metrics are read with).
+    """
+
+    final_poll = True
+
+    def __init__(self, log: Any, *, uri: str, aws_conn_id: str | None, interval: float = 15.0) -> None:
+        super().__init__(log, interval=interval, give_up_after=float("inf"))
+        self.uri, self.aws_conn_id = uri, aws_conn_id
+        self._hook: Any = None
+        self._waiting_logged = False
+
+    def read(self) -> dict[str, Any] | None:
+        """The document, or None while the job has written none."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        if self._hook is None:
+            self._hook = S3Hook(aws_conn_id=self.aws_conn_id)
+        bucket, key = S3Hook.parse_s3_url(self.uri.replace("s3a://", "s3://", 1))
+        if not self._hook.check_for_key(key, bucket_name=bucket):
+            return None
+        return json.loads(self._hook.read_key(key, bucket_name=bucket))
+
+    def poll_once(self) -> ProgressSnapshot | None:
+        doc = self.read()
+        if not isinstance(doc, dict) or not isinstance(doc.get("stages"), list):
+            return None
+        at = float(doc.get("at") or 0.0)
+        if self.last is not None and at <= self.last.at:
+            return None  # nothing new since the last line
+        if doc.get("started"):
+            self.started_at = float(doc["started"])
+        self.found_app_id = str(doc.get("app_id") or "")
+        return parse_stages(self.found_app_id, doc["stages"], at)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self._safe_tick() is None and self.last is None and not self._waiting_logged:
+                self._waiting_logged = True
+                self.log.info("Spark progress: waiting for the job to write its progress to %s", self.uri)
+
+
+def bucket_progress(log: Any, uri: str | None, aws_conn_id: str | None, interval: float | None = None) -> Any:
+    """A started :class:`BucketProgressPoller` for a cloud job task's wait (a context manager), or a
+    no-op one when progress is off (``SPINDLE_PROGRESS_INTERVAL=0``) or the job writes none."""
+    import contextlib
+
+    interval = default_interval() if interval is None else interval
+    if not uri or interval <= 0:
+        return contextlib.nullcontext()
+    return BucketProgressPoller(log, uri=uri, aws_conn_id=aws_conn_id, interval=interval)

@@ -33,6 +33,14 @@ def base_parser(prog, description):
         help="also write the job's metrics as JSON to this path or URI (cloud tasks read them "
         "from object storage: a cluster-mode driver's stdout reaches no one in time)",
     )
+    common.add_argument(
+        "--progress-output",
+        help="while the job runs, write its stages (tasks done/total, rows) as JSON to this path or "
+        "URI every --progress-interval seconds: a cloud task logs progress from there",
+    )
+    common.add_argument(
+        "--progress-interval", type=float, default=10.0, help="seconds between two --progress-output writes"
+    )
     common.add_argument("--app-name", help="Spark application name; default: spindle.<job>")
     common.add_argument(
         "--conf",

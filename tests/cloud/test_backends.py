@@ -16,6 +16,7 @@ must still delete it; a lane whose cluster has no model libraries fails naming t
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -153,10 +154,20 @@ def clouds(request):
 # --------------------------------------------------------------------------- both DAGs, every lane
 @pytest.mark.parametrize("backend", CLOUDS)
 def test_both_dags_run_on_a_cluster_that_shares_nothing(
-    backend, cloud_dagbag, cluster_environment, models, covers, local, clouds, capfd, no_new_spark_processes
+    backend,
+    cloud_dagbag,
+    cluster_environment,
+    models,
+    covers,
+    local,
+    clouds,
+    capfd,
+    no_new_spark_processes,
+    monkeypatch,
 ):
     fakes = clouds(backend)
     set_backend_settings(backend)
+    monkeypatch.setenv("SPINDLE_PROGRESS_INTERVAL", "2")  # short test jobs: progress every 2 s
     before = fakes.snapshot()
     run, states = run_nightly(cloud_dagbag, backend, clip_model_path=models["clip"], covers_source=covers)
     assert str(run.state) == "success", states
@@ -218,6 +229,10 @@ def test_both_dags_run_on_a_cluster_that_shares_nothing(
     assert DRIVER_LOG_TITLE[backend] in out
     if backend != "yandex":  # Data Proc's job log API shows the YARN client in cluster mode
         assert "SPINDLE_METRICS " in out  # the job's last stdout line, from the driver's own log
+    # the jobs' progress reached the task log from the bucket (the driver UI is out of reach): at
+    # least the last document each job wrote, every stage and task done
+    ends = re.findall(r"Spark progress \S+, last seen: stages (\d+)/(\d+) done, 0 failed, tasks (\d+)/(\d+) done", out)
+    assert len(ends) >= 3 and all(a == b and c == d != "0" for a, b, c, d in ends), ends
 
     # the LLM DAG: its input table reaches the bucket, its labels equal the local lane's
     before = fakes.snapshot()

@@ -76,6 +76,10 @@ def test_emr_step_ships_environment_and_only_its_model_through_yarn_knobs():
     assert cli[cli.index("--metrics-output") + 1] == (
         "s3://b/spindle/metrics/spindle_nightly_books/manual__2026-12-01T10_00_00_00_00/emr.embed_text.try2.json"
     )
+    # the job's progress goes next to its metrics, per try (what the wait logs)
+    assert cli[cli.index("--progress-output") + 1] == (
+        "s3://b/spindle/progress/spindle_nightly_books/manual__2026-12-01T10_00_00_00_00/emr.embed_text.try2.json"
+    )
 
 
 def test_a_job_without_a_model_ships_no_environment():

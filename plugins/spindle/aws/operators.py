@@ -47,8 +47,10 @@ from spindle.backends.common import (
     JobSpec,
     copy_log_to_task_log,
     fetch_metrics,
+    progress_location,
     spindle_labels,
 )
+from spindle.spark_progress import bucket_progress
 
 SERVERLESS_CONSOLE = (
     "https://console.aws.amazon.com/emr/home?region={region}#/serverless-applications/{app_id}/job-runs/{run_id}"
@@ -392,8 +394,11 @@ class SpindleEmrStepSensor(FromSettings, EmrStepSensor):
         # deferred, the trigger waits max_attempts x poke_interval: as long as the sensor's timeout
         self.max_attempts = max(self.max_attempts, math.ceil(float(self.timeout) / max(self.poke_interval, 1)))
         self._publish_links(context)
+        # the job's own progress, from the bucket (deferred, no task process waits to log it)
+        progress = None if self.deferrable or not self.metrics_uri else progress_location(self.metrics_uri)
         try:
-            super().execute(context)
+            with bucket_progress(self.log, progress, self.aws_conn_id):
+                super().execute(context)
         except TaskDeferred:  # the step is watched by the triggerer; execute_complete takes over
             raise
         except BaseException:
@@ -652,7 +657,9 @@ class SpindleEmrServerlessStartJobOperator(JobSpec, FromSettings, EmrServerlessS
         }
         self.config = {**(self.config or {}), "tags": spindle_labels(context, "emr_serverless", s["ttl_hours"])}
         try:
-            super().execute(context)
+            # the job's own progress, from the bucket (deferred, no task process waits to log it)
+            with bucket_progress(self.log, None if self.deferrable else self.progress_uri, self.aws_conn_id):
+                super().execute(context)
         except TaskDeferred:  # the job run is watched by the triggerer; execute_complete takes over
             raise
         except BaseException:

@@ -8,7 +8,8 @@ task, see :mod:`spindle.backends.staging`): the job file's URI, the ``spark_apps
 py-file, the cluster environment and the model archives its arguments name, and ``rewrites``:
 local paths the stage task uploaded, replaced in the job's arguments by their remote URI or
 archive alias. The job writes its metrics to the bucket (``--metrics-output``), where the task
-reads them.
+reads them, and, while it runs, its progress (``--progress-output``), which the task's wait logs
+(:class:`spindle.spark_progress.BucketProgressPoller`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from airflow.sdk import BaseOperatorLink
 
 from spindle.backends import environment
 from spindle.operators.spark_app import DEFAULT_CONF, job_args_to_cli, spark_conf_mapping
+from spindle.spark_progress import bucket_progress, default_interval
 
 #: Label/tag keys put on everything Spindle creates, so leaks are findable (see the reaper).
 LABEL_MANAGED = "spindle-managed"
@@ -132,6 +134,7 @@ class JobSpec:
         self.conf = conf
         self.metrics: dict[str, Any] | None = None
         self.metrics_uri: str | None = None
+        self.progress_uri: str | None = None
 
     def setting(self, key: str, default: Any = None) -> Any:
         value = (self.settings or {}).get(key)
@@ -150,7 +153,8 @@ class JobSpec:
     def cli_args(self, context: Mapping[str, Any] | None = None) -> list[str]:
         """The job's arguments with uploaded local paths replaced by their remote URI or archive
         alias, plus the warehouse connection and, given the task's ``context``, where the job
-        writes its metrics (:meth:`metrics_location`)."""
+        writes its metrics (:meth:`metrics_location`) and its progress (:meth:`progress_location`,
+        every ``$SPINDLE_PROGRESS_INTERVAL`` seconds; none when that is 0)."""
         args = rewrite_args(self._raw_args(), (self.staged or {}).get("rewrites", {}))
         warehouse_conn_id = self.setting("warehouse_conn_id")
         if warehouse_conn_id:
@@ -158,6 +162,10 @@ class JobSpec:
         if context is not None:
             self.metrics_uri = self.metrics_location(context)
             args += ["--metrics-output", self.metrics_uri]
+            interval = default_interval()
+            if interval > 0:
+                self.progress_uri = progress_location(self.metrics_uri)
+                args += ["--progress-output", self.progress_uri, "--progress-interval", f"{interval:g}"]
         return args
 
     def metrics_location(self, context: Mapping[str, Any]) -> str:
@@ -170,6 +178,10 @@ class JobSpec:
             f"{staged.get('scheme', 's3')}://{staged['bucket']}/{staged['prefix']}/metrics/{ti.dag_id}/"
             f"{run_key(ti.run_id)}/{ti.task_id}.try{ti.try_number}.json"
         )
+
+    def progress(self, s3_conn_id: str | None) -> Any:
+        """A context manager that logs the job's progress from the bucket while a task waits."""
+        return bucket_progress(self.log, self.progress_uri, s3_conn_id)
 
     def model_archives(self) -> list[str]:
         """``uri#alias`` of the staged models this job's arguments name: a job ships only the
@@ -265,6 +277,14 @@ class JobSpec:
 
     def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
         return self.get_openlineage_facets_on_start()
+
+
+def progress_location(metrics_uri: str) -> str:
+    """Where a job writes its progress: its metrics' place with ``progress`` for ``metrics``
+    (``<scheme>://<bucket>/<prefix>/progress/<dag>/<run>/<task>.try<n>.json``), so a task that
+    knows only the metrics URI (the EMR step sensor) finds it too."""
+    head, sep, tail = metrics_uri.rpartition("/metrics/")
+    return f"{head}/progress/{tail}" if sep else metrics_uri.removesuffix(".json") + ".progress.json"
 
 
 def fetch_metrics(s3_conn_id: str, metrics_uri: str | None, what: str) -> dict[str, Any]:

@@ -364,7 +364,8 @@ class ManagedSparkPysparkJobOperator(JobSpec, BaseOperator):
                 method_name="execute_complete",
                 kwargs={"metrics_uri": self.metrics_uri},
             )
-        job = self._wait_streaming(context, hook, cluster_id)
+        with self.progress(self.setting("s3_conn_id")):  # the job's own progress, from the bucket
+            job = self._wait_streaming(context, hook, cluster_id)
         return self._finish(context, hook, job_status(job), job.ui_url)
 
     def execute_complete(self, context: Any, event: dict[str, Any], metrics_uri: str | None = None):
