@@ -134,6 +134,7 @@ class FakeCluster:
     ui_url: str | None = None
     master_url: str | None = None
     nodes: FakeClusterNodes | None = None
+    deleting: bool = False  # Delete was called: a start still under way stops what it started
 
 
 @dataclass
@@ -366,13 +367,19 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
                 cluster.proto.status = cluster_pb2.Cluster.ERROR
             self.state.finish(op_id, error=f"cluster start failed: {err}")
             return
-        with self.state.lock:
-            cluster.local_id, cluster.ui_url, cluster.master_url = local.cluster_id, local.ui_url, local.master_url
-            cluster.nodes = local
-            cluster.proto.status = cluster_pb2.Cluster.RUNNING
-            cluster.proto.health = 1
-            response = cluster_pb2.Cluster()
-            response.CopyFrom(cluster.proto)
+        with self.state.lock:  # checked and set at once: a Delete sees the nodes or stops them here
+            deleted = cluster.deleting
+            if not deleted:
+                cluster.local_id, cluster.ui_url, cluster.master_url = local.cluster_id, local.ui_url, local.master_url
+                cluster.nodes = local
+                cluster.proto.status = cluster_pb2.Cluster.RUNNING
+                cluster.proto.health = 1
+                response = cluster_pb2.Cluster()
+                response.CopyFrom(cluster.proto)
+        if deleted:  # deleted while it started: nothing of it may outlive the Delete
+            self.fake.local_clusters.stop(local.cluster_id)
+            self.state.finish(op_id, error="the cluster was deleted while it was being created")
+            return
         self.state.finish(op_id, response=response)
 
     def _stop_local(self, cluster: FakeCluster) -> None:
@@ -402,6 +409,8 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
     def Delete(self, request, context):
         cluster = self._get(request.cluster_id, context)
         self.state.record("Cluster.Delete", cluster_id=request.cluster_id)
+        with self.state.lock:
+            cluster.deleting = True
         op = self.state.new_operation(
             f"Delete Data Proc cluster {request.cluster_id}",
             cluster_service_pb2.DeleteClusterMetadata(cluster_id=request.cluster_id),

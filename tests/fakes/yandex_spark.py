@@ -52,6 +52,7 @@ HISTORY_LINK = "Spark History Server"
 class SparkCluster:
     proto: cluster_pb2.Cluster
     nodes: FakeClusterNodes | None = None
+    deleting: bool = False  # Delete was called: a start still under way stops what it started
 
 
 @dataclass
@@ -165,14 +166,20 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
                 cluster.proto.status = cluster_pb2.Cluster.ERROR
             self.state.finish(op_id, error=f"cluster start failed: {err}")
             return
-        with self.state.lock:
-            cluster.nodes = nodes
-            cluster.proto.status = cluster_pb2.Cluster.RUNNING
-            cluster.proto.health = cluster_pb2.ALIVE
-            del cluster.proto.links[:]
-            if cluster.proto.config.history_server.enabled:
-                cluster.proto.links.append(cluster_pb2.UILink(name=HISTORY_LINK, url=nodes.ui_url))
-            response = _copy(cluster.proto)
+        with self.state.lock:  # checked and set at once: a Delete sees the nodes or stops them here
+            deleted = cluster.deleting
+            if not deleted:
+                cluster.nodes = nodes
+                cluster.proto.status = cluster_pb2.Cluster.RUNNING
+                cluster.proto.health = cluster_pb2.ALIVE
+                del cluster.proto.links[:]
+                if cluster.proto.config.history_server.enabled:
+                    cluster.proto.links.append(cluster_pb2.UILink(name=HISTORY_LINK, url=nodes.ui_url))
+                response = _copy(cluster.proto)
+        if deleted:  # deleted while it started: nothing of it may outlive the Delete
+            self.fake.local_clusters.stop(nodes.cluster_id)
+            self.state.finish(op_id, error="the cluster was deleted while it was being created")
+            return
         self.state.finish(op_id, response=response)
 
     def _stop_local(self, cluster: SparkCluster) -> None:
@@ -198,6 +205,8 @@ class ClusterService(cluster_service_pb2_grpc.ClusterServiceServicer):
     def Delete(self, request, context):
         cluster = self._get(request.cluster_id, context)
         self.state.record("Spark.Cluster.Delete", cluster_id=request.cluster_id)
+        with self.state.lock:
+            cluster.deleting = True
         op = self.state.new_operation(
             f"Delete Managed Spark cluster {request.cluster_id}",
             cluster_service_pb2.DeleteClusterMetadata(cluster_id=request.cluster_id),

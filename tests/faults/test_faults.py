@@ -257,10 +257,7 @@ def test_driver_killed(backend, lane, fault_dagbag, record):
 
 # --------------------------------------------------------------------------- (c)
 def _loader(db, data: dict, version: str, batch_size: int, pause_after: int = 0) -> subprocess.Popen:
-    from tests.support.cloud import WAREHOUSES
-
-    conn_id = WAREHOUSES[data["backend"]][0] if data["backend"] != "local" else None
-    return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after, conn_id)
+    return start_loader(db, data["embeddings"], data["books"], version, batch_size, pause_after, data["backend"])
 
 
 def _whole(store, alias: str) -> tuple[str, int, int]:

@@ -176,12 +176,22 @@ def _save(server: FaultServer, name: str, text: str) -> None:
     (folder / f"{server.lane.backend}-{name}").write_text(text)
 
 
-def _left(server: FaultServer, before: set[str]) -> set[str]:
-    """Clusters this test made that the service (local: the process table) still has."""
-    return server.lane.service_clusters() - before
+def _before(server: FaultServer) -> tuple[set[str], set]:
+    """What exists before a fault: the service's live clusters and the fakes' cluster folders."""
+    return server.lane.service_clusters(), server.lane.clusters()
 
 
-def _wait_clean(server: FaultServer, before: set[str], since: float, timeout: float) -> float | None:
+def _left(server: FaultServer, before: tuple[set[str], set]) -> set[str]:
+    """Clusters this test made that are still live: listed by the service (local: with a live
+    process) or, on a cloud fake, with Spark processes left although the service forgot them."""
+    services, folders = before
+    left = server.lane.service_clusters() - services
+    if not left and server.lane.backend != "local":
+        left = {f"processes of {cid}" for cid in server.lane.clusters_left(folders)}
+    return left
+
+
+def _wait_clean(server: FaultServer, before: tuple[set[str], set], since: float, timeout: float) -> float | None:
     """Seconds from ``since`` until none of this test's clusters is left; None if some still are."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,7 +201,7 @@ def _wait_clean(server: FaultServer, before: set[str], since: float, timeout: fl
     return None
 
 
-def _finish(server: FaultServer, run_id: str, record, before: set[str], killed_at: float) -> dict[str, str]:
+def _finish(server: FaultServer, run_id: str, record, before: tuple[set[str], set], killed_at: float) -> dict[str, str]:
     run = server.wait_for_run(NIGHTLY, run_id, timeout=600)
     record.run_state = run["state"]
     record.cleanup_seconds = _wait_clean(server, before, killed_at, timeout=30)
@@ -233,7 +243,7 @@ def _creates_never_finish(backend: str):
 
 
 def test_sigkill_create_task(backend, server, record):
-    before = server.lane.service_clusters()
+    before = _before(server)
     if backend == "local":
         run_id = _trigger(server)
         cluster = _wait(lambda: _starting_master(server), 300, server, interval=0.05)
@@ -277,7 +287,7 @@ def _starting_master(server: FaultServer):
 
 
 def test_sigkill_embed_task(backend, server, record):
-    before, pointer = server.lane.service_clusters(), _pointer(server)
+    before, pointer = _before(server), _pointer(server)
     run_id = _trigger(server)
 
     def mid_job():
@@ -328,7 +338,7 @@ def test_run_marked_failed(backend, server, record):
     stops the driver or cancels the job) and skips the pending tasks; the cluster must not be left."""
     from urllib.parse import quote
 
-    before, pointer = server.lane.service_clusters(), _pointer(server)
+    before, pointer = _before(server), _pointer(server)
     run_id = _trigger(server)
     app = _wait(lambda: _embed_app(server), 600, server)
     server.api("PATCH", f"/dags/{NIGHTLY}/dagRuns/{quote(run_id, safe='')}", {"state": "failed"})
@@ -377,7 +387,7 @@ def _embed_drivers(server: FaultServer) -> list[int]:
     return [p for p in marked_pids(server.run_token) if "embed_text.py" in " ".join(_cmdline(p))]
 
 
-def _reap_now(server: FaultServer, before: set[str]) -> list[str]:
+def _reap_now(server: FaultServer, before: tuple[set[str], set]) -> list[str]:
     """Trigger the reaper DAG on the same Airflow (``dry_run: false``; the orphan grace is 0 in
     this server) and record what it did with the clusters left: the nightly DAG has no active
     run any more, so they are orphans, whatever their TTL. Deleted by hand if still there."""

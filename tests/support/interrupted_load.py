@@ -28,15 +28,15 @@ def start_loader(
     version: str,
     batch_size: int,
     pause_after: int = 0,
-    warehouse_conn_id: str | None = None,
+    backend: str = "local",
 ) -> subprocess.Popen:
     """This command in a subprocess (stdout and stderr merged, text), for a test to read and kill."""
     command = [sys.executable, "-m", "tests.support.interrupted_load", str(embeddings), "--uri", str(db)]
     command += ["--version", version, "--batch-size", str(batch_size), "--pause-after", str(pause_after)]
     if books:
         command += ["--books", str(books)]
-    if warehouse_conn_id:
-        command += ["--warehouse-conn-id", warehouse_conn_id]
+    if backend != "local":
+        command += ["--backend", backend]
     env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'plugins'}"}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -61,17 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", required=True)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--pause-after", type=int, default=0, help="batches to upsert before pausing (0: never)")
-    parser.add_argument("--warehouse-conn-id", help="read bucket URIs with this warehouse's credentials")
+    parser.add_argument("--backend", default="local", help="read bucket URIs as load_vectors does on this lane")
     args = parser.parse_args(argv)
 
     from spindle.vectors.loading import load_embeddings
     from spindle.vectors.store import MilvusVectorStore
+    from spindle.backends.config import settings_variable, validate_settings
     from spindle.warehouse import warehouse_for
 
     filesystem = books_filesystem = None
     embeddings, books = args.embeddings, args.books
-    if args.warehouse_conn_id:  # as load_vectors reads a cloud lane's output: from the bucket
-        warehouse = warehouse_for(None, {"warehouse_conn_id": args.warehouse_conn_id})
+    if args.backend != "local":  # as load_vectors reads a cloud lane's output: the backend's warehouse
+        variable = f"AIRFLOW_VAR_{settings_variable(args.backend).upper()}"
+        settings = validate_settings(args.backend, os.environ[variable], variable)
+        warehouse = warehouse_for(args.backend, settings)
         filesystem, embeddings = warehouse.locate(embeddings)
         if books:
             books_filesystem, books = warehouse.locate(books)
