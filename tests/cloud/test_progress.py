@@ -8,31 +8,9 @@ import time
 from spindle.spark_progress import BucketProgressPoller, bucket_progress
 
 from tests.support.cloud import BUCKET
+from tests.support.progress import ListLog, stage
 
-
-class ListLog:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg, *args) -> None:
-        self.lines.append(msg % args if args else msg)
-
-    debug = info
-
-
-def _stage(stage_id, status, done, total, active=0, rows=0):
-    return {
-        "stageId": stage_id,
-        "attemptId": 0,
-        "status": status,
-        "name": "mapInPandas at /tmp/x/spindle_spark_apps.zip/spark_apps/jobs/embed_text.py:120",
-        "numTasks": total,
-        "numCompleteTasks": done,
-        "numActiveTasks": active,
-        "numFailedTasks": 0,
-        "inputRecords": rows,
-        "shuffleReadRecords": 0,
-    }
+EMBED_STAGE = "mapInPandas at /tmp/x/spindle_spark_apps.zip/spark_apps/jobs/embed_text.py:120"
 
 
 def test_the_bucket_poller_logs_the_jobs_progress_and_its_last_write(fake_aws):
@@ -48,11 +26,24 @@ def test_the_bucket_poller_logs_the_jobs_progress_and_its_last_write(fake_aws):
         deadline = time.monotonic() + 30
         while not any("waiting for the job" in line for line in log.lines) and time.monotonic() < deadline:
             time.sleep(0.05)
-        put(1010.0, [_stage(0, "COMPLETE", 1, 1, rows=10), _stage(1, "ACTIVE", 3, 8, 2, rows=300)])
+        put(
+            1010.0,
+            [
+                stage(0, "COMPLETE", 1, 1, rows=10, name=EMBED_STAGE),
+                stage(1, "ACTIVE", 3, 8, 2, rows=300, name=EMBED_STAGE),
+            ],
+        )
         while not any(line.startswith("Spark progress application_1_0001:") for line in log.lines):
             assert time.monotonic() < deadline, log.lines
             time.sleep(0.05)
-        put(1020.0, [_stage(0, "COMPLETE", 1, 1, rows=10), _stage(1, "COMPLETE", 8, 8, rows=800)], final=True)
+        put(
+            1020.0,
+            [
+                stage(0, "COMPLETE", 1, 1, rows=10, name=EMBED_STAGE),
+                stage(1, "COMPLETE", 8, 8, rows=800, name=EMBED_STAGE),
+            ],
+            final=True,
+        )
     progress = [line for line in log.lines if line.startswith("Spark progress application_1_0001")]
     assert progress[0] == (
         "Spark progress application_1_0001: stage 1: tasks 3/8 done, 2 running (mapInPandas at embed_text.py:120)"

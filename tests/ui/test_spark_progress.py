@@ -21,30 +21,7 @@ from spindle.spark_progress import (
     short_stage_name,
 )
 
-
-class ListLog:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def info(self, msg, *args) -> None:
-        self.lines.append(msg % args if args else msg)
-
-    debug = info
-
-
-def _stage(stage_id, status, done, total, active=0, rows=0, name="count at job.py:10"):
-    return {
-        "stageId": stage_id,
-        "attemptId": 0,
-        "status": status,
-        "name": name,
-        "numTasks": total,
-        "numCompleteTasks": done,
-        "numActiveTasks": active,
-        "numFailedTasks": 0,
-        "inputRecords": rows,
-        "shuffleReadRecords": 0,
-    }
+from tests.support.progress import ListLog, stage
 
 
 class FakeDriver:
@@ -98,14 +75,14 @@ def test_stage_names_keep_the_file_and_line():
 
 
 def test_format_names_stage_tasks_and_rate():
-    first = parse_stages("app-1", [_stage(0, "COMPLETE", 2, 2, rows=1000), _stage(1, "ACTIVE", 1, 4, 2, 500)], 100.0)
-    second = parse_stages("app-1", [_stage(0, "COMPLETE", 2, 2, rows=1000), _stage(1, "ACTIVE", 3, 4, 1, 1500)], 110.0)
+    first = parse_stages("app-1", [stage(0, "COMPLETE", 2, 2, rows=1000), stage(1, "ACTIVE", 1, 4, 2, 500)], 100.0)
+    second = parse_stages("app-1", [stage(0, "COMPLETE", 2, 2, rows=1000), stage(1, "ACTIVE", 3, 4, 1, 1500)], 110.0)
     line = format_progress(second, first, started_at=90.0)
     assert line.startswith("Spark progress app-1: stage 1: tasks 3/4 done, 1 running (count at job.py:10) |")
     assert "stages 1/2 done" in line
     assert "2,500 rows, 100 rows/s (avg 125 rows/s)" in line
     assert line.endswith("| 20 s")
-    idle = format_progress(parse_stages("app-1", [_stage(0, "COMPLETE", 2, 2, rows=10)], 95.0), None, 90.0)
+    idle = format_progress(parse_stages("app-1", [stage(0, "COMPLETE", 2, 2, rows=10)], 95.0), None, 90.0)
     assert "no stage running | stages 1/1 done | 10 rows (avg 2 rows/s)" in idle
 
 
@@ -139,12 +116,12 @@ def test_finds_the_driver_ui_by_port_scan_and_logs_at_a_steady_interval(driver):
     def seen(text):
         return lambda: any(text in line for line in progress())
 
-    driver.stages = [_stage(0, "ACTIVE", 0, 4, active=2)]
+    driver.stages = [stage(0, "ACTIVE", 0, 4, active=2)]
     with poller:
         assert wait_for(seen("stage 0: tasks 0/4 done, 2 running")), log.lines
-        driver.stages = [_stage(0, "ACTIVE", 2, 4, active=2, rows=2000)]
+        driver.stages = [stage(0, "ACTIVE", 2, 4, active=2, rows=2000)]
         assert wait_for(seen("stage 0: tasks 2/4 done, 2 running")), log.lines
-        driver.stages = [_stage(0, "COMPLETE", 4, 4, rows=4000), _stage(1, "ACTIVE", 0, 1, 1)]
+        driver.stages = [stage(0, "COMPLETE", 4, 4, rows=4000), stage(1, "ACTIVE", 0, 1, 1)]
         assert wait_for(seen("stage 1: tasks 0/1 done")), log.lines
         ticks = len(progress())
         assert wait_for(lambda: len(progress()) >= ticks + 2), "no steady ticks: " + repr(log.lines)
@@ -156,7 +133,7 @@ def test_finds_the_driver_ui_by_port_scan_and_logs_at_a_steady_interval(driver):
 
 def test_matches_by_name_until_the_id_is_known_and_ignores_other_apps(driver):
     log = ListLog()
-    driver.stages = [_stage(0, "ACTIVE", 1, 2, 1)]
+    driver.stages = [stage(0, "ACTIVE", 1, 2, 1)]
     by_name = SparkProgressPoller(log, app_name=driver.name, base_port=driver.port, port_retries=0)
     assert by_name.tick() is not None
     other = SparkProgressPoller(log, app_id="app-someone-else", base_port=driver.port, port_retries=0)
@@ -167,7 +144,7 @@ def test_matches_by_name_until_the_id_is_known_and_ignores_other_apps(driver):
 
 def test_a_driver_that_goes_away_or_never_comes_fails_nothing():
     fake = FakeDriver()
-    fake.stages = [_stage(0, "ACTIVE", 1, 2, 1, rows=10)]
+    fake.stages = [stage(0, "ACTIVE", 1, 2, 1, rows=10)]
     log = ListLog()
     poller = SparkProgressPoller(log, app_id=fake.app_id, ui_url=f"http://127.0.0.1:{fake.port}", interval=0.1)
     with poller:

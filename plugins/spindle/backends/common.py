@@ -140,6 +140,18 @@ class JobSpec:
         value = (self.settings or {}).get(key)
         return default if value is None else value
 
+    def _deferrable(self) -> bool:
+        """Whether a Yandex job task waits in the triggerer: its ``deferrable`` argument, else the
+        backend's ``deferrable`` setting, else ``[operators] default_deferrable`` as it runs.
+        (The AWS operators resolve theirs as the provider does, when they are built.)"""
+        if getattr(self, "deferrable", None) is not None:
+            return bool(self.deferrable)
+        if self.setting("deferrable") is not None:
+            return bool(self.setting("deferrable"))
+        from airflow.sdk.configuration import conf
+
+        return conf.getboolean("operators", "default_deferrable", fallback=False)
+
     # ------------------------------------------------------------------ derived
     def job_uri(self) -> str:
         try:

@@ -191,15 +191,6 @@ class SpindleDataprocPysparkJobOperator(JobSpec, DataprocCreatePysparkJobOperato
         return self.fetch_metrics(self.setting("s3_conn_id"))
 
     # ------------------------------------------------------------------ deferrable wait
-    def _deferrable(self) -> bool:
-        if self.deferrable is not None:
-            return self.deferrable
-        if self.setting("deferrable") is not None:
-            return bool(self.setting("deferrable"))
-        from airflow.sdk.configuration import conf
-
-        return conf.getboolean("operators", "default_deferrable", fallback=False)
-
     def job_request(self, cluster_id: str):
         """The ``CreateJobRequest`` the provider's operator sends (through the SDK's wrapper)."""
         import yandex.cloud.dataproc.v1.job_pb2 as job_pb

@@ -320,15 +320,6 @@ class ManagedSparkPysparkJobOperator(JobSpec, BaseOperator):
     def _interval(self) -> float:
         return float(self.poll_interval or self.setting("poll_interval", 5))
 
-    def _deferrable(self) -> bool:
-        if self.deferrable is not None:
-            return self.deferrable
-        if self.setting("deferrable") is not None:
-            return bool(self.setting("deferrable"))
-        from airflow.sdk.configuration import conf
-
-        return conf.getboolean("operators", "default_deferrable", fallback=False)
-
     def job_request(self, context: Any, name: str):
         import yandex.cloud.spark.v1.job_pb2 as job_pb
         import yandex.cloud.spark.v1.job_service_pb2 as job_service_pb
