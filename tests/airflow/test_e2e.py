@@ -4,16 +4,21 @@ for the warehouse secret everywhere Airflow or Spark could have put it.
 The two successful runs use ``airflow dags test`` (which calls ``dag.test()``) in a subprocess:
 its whole output is the task logs, and it is the very command the demo runs. The failing run
 calls ``dag.test()`` in-process. Runs are sequential: one cluster at a time on 2 shared cores.
+The LLM run's "Spark History" link is then opened on a History Server started after its cluster
+was deleted (over the event logs kept under the warehouse).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -31,6 +36,8 @@ from tests.support.airflow_env import (
     WAREHOUSE_SECRET,
     spark_daemon_pids,
 )
+from tests.support.paths import PLUGINS
+from tests.support.ui import free_port
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -196,7 +203,11 @@ def assert_cluster_went_through_xcom_and_is_gone(result: RunResult, job_task_ids
     return cluster_id
 
 
-def assert_spark_ui_links(result: RunResult, job_task_ids: list[str], client) -> None:
+def assert_spark_ui_links(
+    result: RunResult, job_task_ids: list[str], client, history_url: str = "http://localhost:18080"
+) -> None:
+    """The Spark UI link of each job task and its Spark History link (``SPINDLE_HISTORY_URL``,
+    by default ``http://localhost:18080``), as stored at task end and served by the API server."""
     ui_url = result.xcom("create_cluster", "ui_url")
     for task_id in job_task_ids:
         app_id = result.xcom(task_id, "spark_app_id")
@@ -206,7 +217,7 @@ def assert_spark_ui_links(result: RunResult, job_task_ids: list[str], client) ->
         url = f"/api/v2/dags/{result.dag_id}/dagRuns/{result.run_id}/taskInstances/{task_id}/links"
         response = client.get(url)
         assert response.status_code == 200, response.text
-        history = f"http://localhost:18080/history/{app_id}/jobs/"  # SPINDLE_HISTORY_URL's default
+        history = f"{history_url}/history/{app_id}/jobs/"
         assert response.json()["extra_links"] == {"Spark UI": expected, "Spark History": history}
 
 
@@ -284,9 +295,17 @@ def tiny_t5(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llm_run(tiny_t5, lineage_events) -> RunResult:
+def history_url() -> str:
+    """Where the History Server of the history test listens; the LLM run's links point there."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def llm_run(tiny_t5, lineage_events, history_url) -> RunResult:
     conf = {"model_path": str(tiny_t5), "limit": 40, "max_new_tokens": 4, "batch_size": 8}
-    return run_dag_cli("spindle_llm_transform", conf)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPINDLE_HISTORY_URL", history_url)
+        return run_dag_cli("spindle_llm_transform", conf)
 
 
 # --------------------------------------------------------------------------- tests
@@ -314,13 +333,13 @@ def test_nightly_books_end_to_end(nightly_run, api_client):
     print(f"nightly run: {result.seconds:.0f} s; metrics {result.xcom('prepare_books')} {result.xcom('embed_text')}")
 
 
-def test_llm_transform_end_to_end(llm_run, api_client):
+def test_llm_transform_end_to_end(llm_run, api_client, history_url):
     result = llm_run
     assert result.returncode == 0, result.output[-5000:]
     assert result.state == "success"
     assert_local_lane_succeeded(result, ["check_params", "prepare_sentences", "llm_transform"])
     assert_cluster_went_through_xcom_and_is_gone(result, ["llm_transform"])
-    assert_spark_ui_links(result, ["llm_transform"], api_client)
+    assert_spark_ui_links(result, ["llm_transform"], api_client, history_url)
 
     run_folder = WAREHOUSE / result.xcom("check_params", "run_prefix")
     sentences = (run_folder / "sentences.jsonl").read_text().splitlines()
@@ -512,3 +531,80 @@ def test_lineage_events_name_each_jobs_inputs_outputs_and_model(nightly_run, llm
     assert datasets(llm, "outputs") == {("file", str(llm_folder / "transformed.parquet"))}
     facet = llm["run"]["facets"]["spindle_model"]
     assert (facet["kind"], facet["name"]) == ("seq2seq", tiny_t5.name)
+
+
+# --------------------------------------------------------------------------- Spark history
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def _wait_json(url: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return json.loads(_get(url)[1])
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(1)
+
+
+def _serve_history(port: int, log: Path) -> subprocess.Popen:
+    """Spark's History Server as ``scripts/airflow_ui.sh`` starts it (``python -m spindle.history
+    serve``), over the event logs the runs kept under the warehouse."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spindle.history", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def test_history_link_of_the_finished_run_answers_after_the_cluster_is_gone(llm_run, history_url, tmp_path):
+    """The LLM run's cluster was deleted by its teardown; its event log was kept under the
+    warehouse, and its "Spark History" link answers from a History Server started afterwards."""
+    from spindle.hooks.local_spark import LocalSparkClusterHook
+
+    result = llm_run
+    assert result.state == "success", result.output[-3000:]
+    cluster_id = result.xcom("create_cluster")
+    cluster = LocalSparkClusterHook().get_cluster(cluster_id)
+    assert cluster.status == "DELETED" and LocalSparkClusterHook().cluster_processes(cluster_id) == []
+    with pytest.raises(OSError):
+        _get(cluster.ui_url, timeout=2)
+
+    app_id = result.xcom("llm_transform", "spark_app_id")
+    kept = {path.name for path in (WAREHOUSE / "_spark-events").iterdir()}
+    assert app_id in kept or f"eventlog_v2_{app_id}" in kept, kept  # Spark 4's rolling log: a folder
+    expected = f"{history_url}/history/{app_id}/jobs/"
+    assert result.xcom("llm_transform", "_link_SparkHistoryLink") == expected
+
+    port = int(history_url.rsplit(":", 1)[1])
+    server = _serve_history(port, tmp_path / "history-server.log")
+    try:
+        api = f"{history_url}/api/v1/applications/{app_id}"
+        try:
+            app = _wait_json(api, timeout=120)
+        except (OSError, ValueError) as err:
+            log = (tmp_path / "history-server.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"the History Server did not list {app_id}: {err}\n{log}")
+        assert app["id"] == app_id and app["name"].startswith("spindle.") and "llm_transform" in app["name"]
+        assert app["attempts"][-1]["completed"] is True
+        status, page = _get(expected, timeout=30)
+        assert status == 200
+        # the application's own jobs page (its title shortens a long app name to 32 characters)
+        assert f"<title>{app['name'][:32]}".encode() in page and b" - Spark Jobs</title>" in page, page[:400]
+        jobs = json.loads(_get(f"{api}/jobs")[1])
+        assert jobs and all(job["status"] == "SUCCEEDED" for job in jobs)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
