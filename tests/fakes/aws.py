@@ -34,7 +34,9 @@ The changes to moto: the module constants it gives new objects: a job run starts
 RUNNING one ``CANCEL_PENDING`` (the runner then kills its spark-submit and sets ``CANCELLED``).
 The runner starts a job flow's steps only once it is ready (WAITING / RUNNING), as EMR does; a
 Serverless job run cancelled in moto (``CancelJobRun``) has its driver killed and stays
-``CANCELLED``.
+``CANCELLED``. As the services do (and moto does not): terminating a job flow interrupts its
+running step (its spark-submit is killed, the step ends ``INTERRUPTED``), and ``StopApplication``
+is refused (``ValidationException``) while the application has unfinished job runs.
 
 Fault knobs: a job flow whose name starts with one of :data:`STUCK_JOB_FLOW_PREFIXES` never
 becomes ready (it stays ``STARTING``, as one whose instances never come up, until terminated); a
@@ -84,6 +86,8 @@ STUCK_JOB_FLOW_PREFIXES: set[str] = set()
 FAILED_START_APPLICATION_PREFIXES: set[str] = set()
 #: Fault knob: Serverless applications whose name starts with one of these stay STARTING.
 STUCK_APPLICATION_PREFIXES: set[str] = set()
+#: Job run states in which EMR Serverless refuses StopApplication.
+SERVERLESS_UNFINISHED_RUNS = ("SUBMITTED", "PENDING", "SCHEDULED", "RUNNING", "CANCELLING", "QUEUED")
 
 
 def extend_moto_emr() -> None:
@@ -145,6 +149,17 @@ def _fail_starts_on_request() -> None:
             app.state = "STARTING"  # until stopped
 
     EMRServerlessBackend.start_application = start_or_fail
+    stop_application = EMRServerlessBackend.stop_application
+
+    def stop_if_no_jobs(self, application_id: str) -> None:
+        from moto.emrserverless.exceptions import ValidationException
+
+        busy = [r.id for r in self.job_runs.get(application_id, []) if r.state in SERVERLESS_UNFINISHED_RUNS]
+        if busy:  # the service: "All scheduled and running jobs must be completed or cancelled"
+            raise ValidationException(f"Application {application_id} has unfinished job runs: {busy}")
+        stop_application(self, application_id)
+
+    EMRServerlessBackend.stop_application = stop_if_no_jobs
 
 
 def _free_port() -> int:
@@ -423,6 +438,9 @@ class SparkWorkRunner(threading.Thread):
         backend = self._emr()
         for cluster in list(backend.clusters.values()):
             if cluster.state in ("TERMINATING", "TERMINATED", "TERMINATED_WITH_ERRORS"):
+                for key, job in list(self._running.items()):  # EMR interrupts the running step
+                    if key.startswith(cluster.id + "/") and not job.cancelled:
+                        job.cancel()
                 step_thread = self._busy.get(cluster.id)
                 if cluster.id in self._local and not (step_thread and step_thread.is_alive()):
                     self._drop_cluster(cluster.id)
@@ -472,6 +490,8 @@ class SparkWorkRunner(threading.Thread):
             self._publish_step_logs(cluster, step, running, error)
         if step.state == "CANCEL_PENDING":  # CancelSteps while it ran: no ActionOnFailure
             step.state, code = "CANCELLED", 0
+        elif running is not None and running.cancelled:  # its job flow was terminated under it
+            step.state, code = "INTERRUPTED", 0
         else:
             step.state = "COMPLETED" if code == 0 else "FAILED"
         step.end_date_time = utcnow()

@@ -362,6 +362,7 @@ def test_run_marked_failed(backend, server, record):
     while time.monotonic() < deadline and _left(server, before):
         time.sleep(1)
     states = _states(server, run_id)
+    _save(server, "run_marked_failed.log", _task_logs(server, run_id, "embed_text"))
     record.note("tasks: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()) if v != "skipped"))
     record.note("skipped: " + ", ".join(sorted(k for k, v in states.items() if v == "skipped")))
     left = _left(server, before)

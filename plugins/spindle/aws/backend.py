@@ -234,9 +234,35 @@ def _terminate(emr: Any, job_flow_id: str) -> None:
     emr.terminate_job_flows(JobFlowIds=[job_flow_id])
 
 
+#: Job run states in which EMR Serverless refuses to stop the application (the provider's hook's).
+SERVERLESS_UNFINISHED_RUNS = ("PENDING", "SUBMITTED", "SCHEDULED", "RUNNING", "QUEUED", "CANCELLING")
+
+
+def _cancel_job_runs(client: Any, app_id: str) -> None:
+    """Cancel the application's unfinished job runs and wait until none is left (up to 10 min)."""
+    for _ in range(120):
+        runs = [
+            run["id"]
+            for page in client.get_paginator("list_job_runs").paginate(
+                applicationId=app_id, states=list(SERVERLESS_UNFINISHED_RUNS)
+            )
+            for run in page["jobRuns"]
+        ]
+        if not runs:
+            return
+        for run_id in runs:
+            try:
+                client.cancel_job_run(applicationId=app_id, jobRunId=run_id)
+            except client.exceptions.ValidationException:  # already ending
+                pass
+        time.sleep(5)
+
+
 def _stop_and_delete(client: Any, app: Mapping[str, Any]) -> None:
-    """An application can be deleted only when CREATED or STOPPED: stop it first and wait."""
+    """An application can be deleted only when CREATED or STOPPED, and stopped only without
+    unfinished job runs: cancel those, stop it and wait, then delete it."""
     if app["state"] not in ("CREATED", "STOPPED"):
+        _cancel_job_runs(client, app["applicationId"])
         client.stop_application(applicationId=app["applicationId"])
         for _ in range(120):
             state = client.get_application(applicationId=app["applicationId"])

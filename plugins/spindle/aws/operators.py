@@ -737,12 +737,15 @@ class SpindleEmrTerminateJobFlowOperator(FromSettings, EmrTerminateJobFlowOperat
 
 class SpindleEmrServerlessDeleteApplicationOperator(FromSettings, EmrServerlessDeleteApplicationOperator):
     """``EmrServerlessDeleteApplicationOperator`` (stop, then delete; ``application_id=create.output``)
-    with the AWS connection from the backend settings; the lane's teardown."""
+    with the AWS connection from the backend settings; the lane's teardown. ``force_stop``: job
+    runs still going (their task was killed without its ``on_kill``) are cancelled first, since
+    the service refuses to stop an application with unfinished job runs."""
 
     template_fields: Sequence[str] = (*EmrServerlessDeleteApplicationOperator.template_fields, "settings")
 
     def __init__(self, *, settings: Any, **kwargs: Any) -> None:
         kwargs.setdefault("deferrable", default_deferrable())
+        kwargs.setdefault("force_stop", True)
         super().__init__(**kwargs)
         self.settings = settings
 
