@@ -265,6 +265,32 @@ def test_emr_serverless_job_task_killed_cancels_its_job_run(fake_aws):
         client.delete_application(applicationId=app_id)
 
 
+def test_emr_serverless_teardown_cancels_unfinished_job_runs(fake_aws):
+    """A job run still going (its task was SIGKILLed, so no ``on_kill`` cancelled it) must not
+    block the teardown: the service refuses to stop an application with unfinished job runs,
+    so the delete task cancels them first, then stops and deletes the application."""
+    from spindle.aws.operators import SpindleEmrServerlessDeleteApplicationOperator
+
+    settings = validate_settings("emr_serverless", set_backend_settings("emr_serverless", waiter_delay=1), "test")
+    client = fake_aws.moto.client("emr-serverless")
+    app_id = client.create_application(name="spindle-busy-teardown", releaseLabel="emr-7.5.0", type="SPARK")[
+        "applicationId"
+    ]
+    client.stop_application(applicationId=app_id)  # stopped: the fake's runner leaves the run SUBMITTED
+    run_id = client.start_job_run(
+        applicationId=app_id,
+        executionRoleArn=settings["execution_role_arn"],
+        jobDriver={"sparkSubmit": {"entryPoint": "s3://nowhere/job.py"}},
+    )["jobRunId"]
+    with pytest.raises(client.exceptions.ValidationException):  # as the service answers
+        client.stop_application(applicationId=app_id)
+    SpindleEmrServerlessDeleteApplicationOperator(
+        task_id="delete_cluster", settings=settings, application_id=app_id
+    ).execute(_context("delete_cluster"))
+    assert client.get_job_run(applicationId=app_id, jobRunId=run_id)["jobRun"]["state"] == "CANCELLED"
+    assert client.get_application(applicationId=app_id)["application"]["state"] == "TERMINATED"
+
+
 def test_data_proc_job_task_killed_cancels_its_job(fake_yandex, fake_aws):
     """A Data Proc job runs (a script that sleeps, on a fake cluster); the job task's on_kill
     finds it by the task's job name and cancels it (JobService.Cancel)."""
