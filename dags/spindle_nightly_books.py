@@ -44,7 +44,7 @@ from spindle.operators.local_spark import (
 from spindle.alerts import run_deadline
 from spindle.assets import BOOK_EMBEDDINGS, BOOK_VECTORS, BOOKS
 from spindle.backends.lanes import add_backend_lanes, backend_param, check_backend
-from spindle.covers import check_covers, covers_enabled, covers_params
+from spindle.covers import check_covers, covers_params, embed_covers_beside_text, share_cores_with_covers
 from spindle.operators.spark_app import SparkAppJobOperator
 from spindle.vectors.operators import LoadVectorsOperator
 from spindle.pipelines import (
@@ -196,7 +196,7 @@ with DAG(
             # prepare_books' counts (read, kept, quarantined) for the manifest; same lane's task
             "upstream_metrics": "{{ ti.xcom_pull(task_ids=ti.task_id | replace('_submit', '') | replace('embed_text', 'prepare_books')) | tojson }}",
         },
-        **job_kwargs(),
+        **job_kwargs(pre_execute=share_cores_with_covers),  # half the cores while covers run beside it
     )
     images = SparkAppJobOperator(
         task_id="embed_images",
@@ -210,8 +210,8 @@ with DAG(
             "url_template": covers["url_template"],
             "max_error_rate": "{{ params.max_error_rate }}",
         },
-        # skipped (reason in the log) when check_covers turned covers off
-        **job_kwargs(pre_execute=covers_enabled),
+        # skipped (reason in the log) when check_covers turned covers off; else beside embed_text
+        **job_kwargs(pre_execute=embed_covers_beside_text),
     )
     delete = LocalSparkDeleteClusterOperator(task_id="delete_cluster", cluster_id=create.output)
     # Runs on the Airflow worker from the Parquet outputs: the cluster is not needed (nor kept).
@@ -244,7 +244,8 @@ with DAG(
         outlets=[BOOKS, BOOK_EMBEDDINGS, BOOK_VECTORS],  # "new book vectors", version in the event extra
     )
 
-    plan >> create >> prepare >> embed >> images >> delete
+    # The two embedding jobs only share the books table: they run side by side on the cluster.
+    plan >> create >> prepare >> [embed, images] >> delete
     check >> covers >> create
     [embed, images] >> load
     delete.as_teardown(setups=create)

@@ -122,3 +122,26 @@ def covers_enabled(context: Any) -> None:
     if not ti.xcom_pull(task_ids=TASK_ID, key="enabled"):
         reason = ti.xcom_pull(task_ids=TASK_ID, key="reason") or "covers are off"
         raise AirflowSkipException(f"Cover embedding skipped: {reason}")
+
+
+def share_cores_with_covers(context: Any) -> None:
+    """``pre_execute`` hook of the two embedding jobs, which run side by side on the local
+    cluster: with covers on, each takes half of its cores (``spark.cores.max``), so neither waits
+    for the other's executors to end; their fixed costs (JVM, imports, model load) overlap. Left
+    whole when covers are off, or when half would not hold one executor (standalone then runs
+    the two applications one after the other). A task without ``total_executor_cores`` (a cloud
+    lane's, whose jobs run in turn) is left alone."""
+    task, ti = context["task"], context["ti"]
+    total = getattr(task, "total_executor_cores", None)
+    if not total or not ti.xcom_pull(task_ids=TASK_ID, key="enabled"):
+        return
+    half = int(total) // 2
+    if half >= int(getattr(task, "executor_cores", None) or 1):
+        task.total_executor_cores = half
+        print(f"Covers are on: {task.task_id} takes {half} of the cluster's {total} cores (spark.cores.max)")
+
+
+def embed_covers_beside_text(context: Any) -> None:
+    """``pre_execute`` of ``embed_images``: skipped when covers are off, else half the cores."""
+    covers_enabled(context)
+    share_cores_with_covers(context)

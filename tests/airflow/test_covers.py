@@ -17,13 +17,17 @@ def dag(dagbag):
     return dagbag.dags[DAG_ID]
 
 
-def test_embed_images_runs_after_embed_text_on_every_lane(dag):
-    from spindle.covers import covers_enabled
+def test_embed_images_runs_beside_embed_text_locally_and_after_it_on_the_cloud_lanes(dag):
+    from spindle.covers import embed_covers_beside_text, share_cores_with_covers
 
-    images = dag.get_task("embed_images")
+    images, text = dag.get_task("embed_images"), dag.get_task("embed_text")
     assert images.job == "embed_images"
-    assert "embed_text" in images.upstream_task_ids and "delete_cluster" in images.downstream_task_ids
-    assert images._pre_execute_hook.then is covers_enabled  # after setting the job's time limit
+    assert "prepare_books" in images.upstream_task_ids and "delete_cluster" in images.downstream_task_ids
+    assert "embed_images" not in text.get_flat_relative_ids(upstream=True)  # side by side, both ways
+    assert "embed_text" not in images.get_flat_relative_ids(upstream=True)
+    assert images._pre_execute_hook.then is embed_covers_beside_text  # after setting the job's time limit
+    assert text._pre_execute_hook.then is share_cores_with_covers
+    assert "yandex.embed_text" in dag.get_task("yandex.embed_images").upstream_task_ids  # a lane runs in turn
     assert {"check_backend"} <= dag.get_task("check_covers").upstream_task_ids
     assert "check_covers" in dag.get_task("create_cluster").upstream_task_ids  # checked before any cluster
     args = images.job_args
@@ -31,7 +35,7 @@ def test_embed_images_runs_after_embed_text_on_every_lane(dag):
     assert args["output"].key == "cover_embeddings"
     for task_id in ("yandex.embed_images", "emr.embed_images_submit", "emr_serverless.embed_images"):
         copy = dag.get_task(task_id)
-        assert copy.job == "embed_images" and copy._pre_execute_hook.then is covers_enabled, task_id
+        assert copy.job == "embed_images" and copy._pre_execute_hook.then is embed_covers_beside_text, task_id
     for lane in ("yandex", "emr", "emr_serverless"):
         stage = dag.get_task(f"{lane}.stage")
         assert "embed_images" in stage.jobs
@@ -40,6 +44,23 @@ def test_embed_images_runs_after_embed_text_on_every_lane(dag):
         assert "check_covers" in stage.upstream_task_ids
     emr = dag.get_task("emr.embed_images")  # the step sensor: skipped with its submit task
     assert "emr.embed_images_submit" in emr.upstream_task_ids and emr.trigger_rule == "all_success"
+
+
+@pytest.mark.parametrize(
+    ("covers_on", "total", "executor_cores", "expected"),
+    [(True, 2, 1, 1), (True, 5, 1, 2), (False, 2, 1, 2), (True, 2, 2, 2), (True, 1, 1, 1), (True, None, 1, None)],
+)
+def test_the_embedding_jobs_split_the_cores_only_when_covers_run_beside(covers_on, total, executor_cores, expected):
+    """Half the cluster's cores each (``spark.cores.max``) when covers are on and half still holds
+    an executor; otherwise left as rendered (None: a cloud lane's task, whose jobs run in turn)."""
+    from types import SimpleNamespace
+
+    from spindle.covers import share_cores_with_covers
+
+    task = SimpleNamespace(task_id="embed_text", total_executor_cores=total, executor_cores=executor_cores)
+    ti = SimpleNamespace(xcom_pull=lambda task_ids, key: covers_on if key == "enabled" else None)
+    share_cores_with_covers({"task": task, "ti": ti})
+    assert task.total_executor_cores == expected
 
 
 def test_default_params_embed_covers_from_the_sample_folder(dag):
