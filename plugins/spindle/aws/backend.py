@@ -234,7 +234,8 @@ def _terminate(emr: Any, job_flow_id: str) -> None:
     emr.terminate_job_flows(JobFlowIds=[job_flow_id])
 
 
-#: Job run states in which EMR Serverless refuses to stop the application (the provider's hook's).
+#: Job run states in which EMR Serverless refuses to stop the application (the provider hook's
+#: JOB_INTERMEDIATE_STATES plus QUEUED and CANCELLING, which a stop must also wait out).
 SERVERLESS_UNFINISHED_RUNS = ("PENDING", "SUBMITTED", "SCHEDULED", "RUNNING", "QUEUED", "CANCELLING")
 
 
