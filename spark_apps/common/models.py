@@ -10,8 +10,16 @@ import os
 import threading
 
 # an ONNX export folder (spark_apps/common/onnx_encoder.py) has no PyTorch weights: its fingerprint
-# is the file the loader runs, the int8 copy when there is one; a CTranslate2 conversion's is model.bin
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model_int8.onnx", "model.onnx", "model.bin")
+# is the file the loader runs (OpenVINO int8 weights, then ONNX int8, then ONNX); a CTranslate2
+# conversion's is model.bin
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "openvino_model_int8.bin",
+    "model_int8.onnx",
+    "model.onnx",
+    "model.bin",
+)
 MODEL_MARKERS = ("config.json", "modules.json")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 
@@ -192,13 +200,13 @@ def _quiet_transformers():
 
 
 def load_sentence_transformer(model_dir):
-    """A ``SentenceTransformer``, or an ``OnnxEncoder`` when ``model_dir`` is an ONNX export
-    (same ``encode`` call; see spark_apps/common/onnx_encoder.py)."""
+    """A ``SentenceTransformer``, or an OpenVINO / ONNX Runtime encoder when ``model_dir`` is an
+    export folder (same ``encode`` call; see spark_apps/common/onnx_encoder.py)."""
     from spark_apps.common import onnx_encoder
 
-    onnx_file = onnx_encoder.model_file(model_dir)
-    if onnx_file:
-        return onnx_encoder.OnnxEncoder(model_dir, onnx_file, threads=task_cpus())
+    exported = onnx_encoder.load_encoder(model_dir, threads=task_cpus())
+    if exported is not None:
+        return exported
     from sentence_transformers import SentenceTransformer
 
     _quiet_transformers()

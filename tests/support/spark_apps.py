@@ -1,6 +1,6 @@
 """Shared constants and helpers of the spark_apps tests."""
 
-from tests.support.paths import EDITIONS, REPO, SAMPLES, STS_DEV  # noqa: F401  (the tests' names for them)
+from tests.support.paths import EDITIONS, REPO, SAMPLES, STS_DEV, STS_TRAIN  # noqa: F401  (the tests' names for them)
 
 METRICS_PREFIX = "SPINDLE_METRICS "
 

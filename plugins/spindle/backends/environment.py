@@ -48,6 +48,11 @@ _EXCLUDES = (
     "*/__pycache__/*",
     "*.pyc",
     "lib/python*/site-packages/torch/include/*",
+    # OpenVINO runs the encoder on the CPU from its IR: no GPU/NPU plugins, no other frontends
+    "lib/python*/site-packages/openvino/include/*",
+    "lib/python*/site-packages/openvino/libs/libopenvino_intel_[gn]pu_plugin.so",
+    # (tensorflow, tensorflow_lite, paddle, pytorch, jax, gguf; the IR and ONNX ones stay)
+    "lib/python*/site-packages/openvino/libs/libopenvino_[tpjg]*_frontend.so*",
     "lib/python*/site-packages/pip/*",
     "lib/python*/site-packages/pip-*",
 )
