@@ -34,8 +34,8 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench/seq2seq_shapes.py: spin-waiting on a loaded machine
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-from embed_vs_bare import bare_rate, default_model, rows_of, sts_sentences
-from onnx_backend import PUBLISHED_SPEARMAN, sts_spearman
+from embed_vs_bare import bare_rate, default_model, rows_of, sts_sentences  # noqa: E402
+from onnx_backend import PUBLISHED_SPEARMAN, sts_spearman  # noqa: E402
 
 OPT_FILE, OPT_INT8, OPT_UINT8 = "model_opt.onnx", "model_opt_int8.onnx", "model_opt_uint8.onnx"
 

@@ -5,7 +5,10 @@ One ``embed_text`` job on a Spindle local standalone cluster (one worker, all co
 the executor JVM and of Spark's Python workers is sampled every ``--interval`` seconds. The
 report gives, per tenth of the run, the largest sample of each, and the ratio of the last
 quarter's peak to the second quarter's (the first quarter holds the JVM's warm-up and the model
-load): memory is flat when that ratio stays near 1 however many rows went through.
+load): memory is flat when that ratio stays near 1 however many rows went through. A JVM's RSS
+also grows when its collector merely enlarges the heap, so the executor's GC log
+(``-Xlog:gc``) gives the heap still in use after each collection, by tenth of its uptime: what
+the job really holds.
 
     source scripts/env.sh
     python bench/million_rows.py --rows 1000000              # ~45 min on 2 cores with PyTorch
@@ -15,6 +18,7 @@ load): memory is flat when that ratio stays near 1 however many rows went throug
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,10 +26,12 @@ import threading
 import time
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
-import run as suite_module
-from embed_vs_bare import REPO, job_command, job_metrics, rows_of, sts_sentences
+import run as suite_module  # noqa: E402  (bench/run.py: the local cluster and the job command)
+from embed_vs_bare import REPO, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
 EXECUTOR_MARKER = "CoarseGrainedExecutorBackend"
+# "[12.345s][info][gc] GC(3) Pause Young (Normal) (G1 Evacuation Pause) 512M->128M(1024M) 5.1ms"
+GC_LINE = re.compile(r"\[(\d+\.\d+)s\].*\bGC\(\d+\).* (\d+)M->(\d+)M\((\d+)M\)")
 
 
 class MemoryTimeline:
@@ -86,11 +92,30 @@ def by_tenth(samples):
     return tenths
 
 
+def heap_after_gc_by_tenth(log_path):
+    """Largest heap in use after a collection (MiB) in each tenth of the executor's uptime (None:
+    no collection in that tenth)."""
+    events = []
+    with open(log_path, encoding="utf-8") as handle:
+        for line in handle:
+            found = GC_LINE.search(line)
+            if found:
+                events.append((float(found.group(1)), int(found.group(3))))
+    if not events:
+        return None
+    end = events[-1][0] or 1
+    tenths = [[None] for _ in range(10)]
+    for seconds, after in events:
+        slot = min(int(10 * seconds / end), 9)
+        tenths[slot][0] = max(tenths[slot][0] or 0, after)
+    return tenths
+
+
 def flatness(tenths, column):
     """Peak of the last quarter (tenths 8-10) / peak of the second quarter (tenths 3-5)."""
-    second = max(t[column] for t in tenths[2:5])
-    last = max(t[column] for t in tenths[7:])
-    return last / second if second else None
+    second = max((t[column] for t in tenths[2:5] if t[column] is not None), default=0)
+    last = max((t[column] for t in tenths[7:] if t[column] is not None), default=0)
+    return last / second if second and last else None
 
 
 def main(argv=None):
@@ -106,13 +131,14 @@ def main(argv=None):
         suite = suite_module.Suite(suite_args, tmp)
         suite.start_cluster()
         try:
-            cmd, env = job_command(
-                suite_args, source, os.path.join(tmp, "out.parquet"), suite.conf_args(), job="embed_text"
-            )
+            gc_log = os.path.join(tmp, "gc-executor.log")
+            confs = [*suite.conf_args(), "--conf", f"spark.executor.extraJavaOptions=-Xlog:gc:file={gc_log}"]
+            cmd, env = job_command(suite_args, source, os.path.join(tmp, "out.parquet"), confs, job="embed_text")
             start = time.perf_counter()
             with MemoryTimeline(suite.roots, args.interval) as timeline:
                 result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - start
+            heap = heap_after_gc_by_tenth(gc_log) if os.path.exists(gc_log) else None
         finally:
             suite.stop_cluster()
     metrics = job_metrics(result.returncode, result.stdout, result.stderr)
@@ -130,11 +156,19 @@ def main(argv=None):
         "peak_mib_by_tenth": [[round(j), round(p)] for j, p in tenths],
         "executor_jvm_last_vs_second_quarter": round(flatness(tenths, 0) or 0, 3),
         "python_workers_last_vs_second_quarter": round(flatness(tenths, 1) or 0, 3),
+        "executor_heap_after_gc_mib_by_tenth": heap and [t[0] for t in heap],
+        "executor_heap_after_gc_last_vs_second_quarter": heap and round(flatness(heap, 0) or 0, 3),
     }
     print("| tenth of the run | " + " | ".join(str(i + 1) for i in range(10)) + " |")
     print("| --- |" + " ---: |" * 10)
     print("| executor JVM RSS, MiB | " + " | ".join(str(round(t[0])) for t in tenths) + " |")
     print("| Python workers' RSS (sum), MiB | " + " | ".join(str(round(t[1])) for t in tenths) + " |")
+    if heap:
+        print(
+            "| executor heap after GC, MiB (tenths of its uptime) | "
+            + " | ".join("-" if t[0] is None else str(t[0]) for t in heap)
+            + " |"
+        )
     print("MILLION " + json.dumps(report, sort_keys=True))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
