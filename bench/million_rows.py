@@ -23,7 +23,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__))]
@@ -37,16 +36,16 @@ OLD_GEN_PAUSES = ("Pause Young (Mixed)", "Pause Full", "Pause Remark")
 GC_LINE = re.compile(r"\[(\d+\.\d+)s\].*\bGC\(\d+\).* (\d+)M->(\d+)M\((\d+)M\)")
 
 
-class MemoryTimeline:
+class MemoryTimeline(suite_module.Sampler):
     """Samples (seconds since start, executor JVM RSS, Python workers' summed RSS) below ``roots``."""
 
     def __init__(self, roots, interval):
-        self.roots, self.interval = roots, interval
+        super().__init__(interval)
+        self.roots = roots
         self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._start = time.perf_counter()
 
-    def _sample(self):
+    def sample(self):
         import psutil
 
         jvm = python = 0
@@ -64,23 +63,8 @@ class MemoryTimeline:
                         python += proc.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
-        return jvm, python
-
-    def _loop(self):
-        start = time.perf_counter()
-        while not self._stop.is_set():
-            jvm, python = self._sample()
-            if jvm or python:
-                self.samples.append((time.perf_counter() - start, jvm, python))
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        if jvm or python:
+            self.samples.append((time.perf_counter() - self._start, jvm, python))
 
 
 def by_tenth(samples):

@@ -76,16 +76,40 @@ TARGETS = [
 
 
 # ----------------------------------------------------------------------------- memory sampling
-class PythonWorkerRss:
+class Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a thread, inside a ``with`` block."""
+
+    def __init__(self, interval):
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def sample(self):
+        raise NotImplementedError
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+class PythonWorkerRss(Sampler):
     """Samples the RSS of Spark's Python workers (``pyspark.daemon`` and its forks) below some
     root processes; keeps the peak per process and the peak of their sum."""
 
     def __init__(self, roots, interval=0.2):
-        self.roots, self.interval = list(roots), interval
+        super().__init__(interval)
+        self.roots = list(roots)
         self.peak_process = self.peak_total = 0
         self.pids = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _workers(self):
         import psutil
@@ -105,21 +129,11 @@ class PythonWorkerRss:
                 continue
         return found
 
-    def _loop(self):
-        while not self._stop.is_set():
-            sizes = self._workers()
-            if sizes:
-                self.peak_process = max(self.peak_process, max(sizes))
-                self.peak_total = max(self.peak_total, sum(sizes))
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self):
+        sizes = self._workers()
+        if sizes:
+            self.peak_process = max(self.peak_process, max(sizes))
+            self.peak_total = max(self.peak_total, sum(sizes))
 
     def figures(self):
         mib = 1024 * 1024
