@@ -105,7 +105,6 @@ def quantize_openvino(folder, texts, batch_size=16):
     """NNCF int8 post-training quantization of ``folder/model.onnx`` into ``folder/OPENVINO_FILE``,
     calibrated on the first ``CALIBRATION_TEXTS`` of ``texts``."""
     import nncf
-    import numpy as np
     import openvino as ov
     from transformers import AutoTokenizer
 
@@ -114,15 +113,12 @@ def quantize_openvino(folder, texts, batch_size=16):
         raise ValueError("OpenVINO int8 calibration needs texts like those to be embedded; none were given")
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     max_length = _max_seq_length(folder)
-    batches = []
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(
-            texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-        )
-        batches.append({k: v.astype(np.int64) for k, v in encoded.items()})
     model = ov.Core().read_model(os.path.join(folder, ONNX_FILE))
     names = {port.get_any_name() for port in model.inputs}
-    batches = [_complete_feed({k: v for k, v in b.items() if k in names}, names) for b in batches]
+    batches = [
+        _model_feed(tokenizer, texts[start : start + batch_size], max_length, names)
+        for start in range(0, len(texts), batch_size)
+    ]
     quantized = nncf.quantize(
         model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches)
     )
@@ -147,10 +143,15 @@ def load_encoder(folder, threads=None):
     return kind(folder, name, threads=threads)
 
 
-def _complete_feed(feed, input_names):
-    """BERT-style graphs take ``token_type_ids``; tokenizers that do not return them mean zeros."""
+def _model_feed(tokenizer, texts, max_length, input_names):
+    """The graph's inputs for ``texts``: int64 ids padded to the longest and truncated to
+    ``max_length``; BERT-style graphs take ``token_type_ids``, zeros where the tokenizer gives none."""
+    import numpy as np
+
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    feed = {k: v.astype(np.int64) for k, v in encoded.items() if k in input_names}
     if "token_type_ids" in input_names and "token_type_ids" not in feed:
-        feed["token_type_ids"] = feed["input_ids"] * 0
+        feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
     return feed
 
 
@@ -173,15 +174,8 @@ class _PooledEncoder:
         out = np.zeros((len(texts), 0), dtype=np.float32)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            encoded = self.tokenizer(
-                [texts[i] for i in chunk],
-                padding=True,
-                truncation=True,
-                max_length=self.max_seq_length,
-                return_tensors="np",
-            )
-            feed = {k: v.astype(np.int64) for k, v in encoded.items() if k in self.inputs}
-            hidden = self._last_hidden_state(_complete_feed(feed, self.inputs))
+            feed = _model_feed(self.tokenizer, [texts[i] for i in chunk], self.max_seq_length, self.inputs)
+            hidden = self._last_hidden_state(feed)
             mask = feed["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
             if normalize_embeddings:
