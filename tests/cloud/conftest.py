@@ -23,6 +23,9 @@ from tests.support.cloud import (
     warehouse_connection,
 )
 
+#: One node cache for both fakes (same object store): the environment is unpacked once.
+NODE_CACHE = CLOUD_DIR / "node-cache"
+
 for _conn_id, _root in set(WAREHOUSES.values()):  # the Airflow side's view of the same connections
     os.environ[f"AIRFLOW_CONN_{_conn_id.upper()}"] = warehouse_connection(_root)
 
@@ -55,7 +58,9 @@ def fake_aws():
     pytest.importorskip("moto.server", reason="moto[server] is not installed (requirements-dev.txt pins it)")
     from tests.fakes.aws import FakeAws
 
-    aws = FakeAws(CLOUD_DIR / "aws", worker_cores=2, worker_memory="2g", poll=0.5, log_upload_delay=3).start()
+    aws = FakeAws(
+        CLOUD_DIR / "aws", worker_cores=2, worker_memory="2g", poll=0.5, log_upload_delay=3, node_cache=NODE_CACHE
+    ).start()
     aws.moto.client("s3").create_bucket(Bucket=BUCKET)
     conn = {
         "conn_type": "aws",
@@ -78,7 +83,11 @@ def fake_yandex(fake_aws):
     from tests.fakes.yandex_cloud import YandexCloudFake
 
     yc = YandexCloudFake(
-        CLOUD_DIR / "yandex", s3=fake_aws.moto.s3_settings(), oauth_tokens={OAUTH_TOKEN}, certificate=CERT
+        CLOUD_DIR / "yandex",
+        s3=fake_aws.moto.s3_settings(),
+        oauth_tokens={OAUTH_TOKEN},
+        certificate=CERT,
+        node_cache=NODE_CACHE,
     ).start()
     os.environ["AIRFLOW_CONN_YANDEXCLOUD_DEFAULT"] = json.dumps(
         {"conn_type": "yandexcloud", "extra": {"oauth": OAUTH_TOKEN, "endpoint": yc.endpoint, "folder_id": FOLDER_ID}}

@@ -366,6 +366,9 @@ class SparkWorkRunner(threading.Thread):
     :param log_upload_delay: seconds between a step's / job run's final state and the upload
         of its container / driver logs.
     :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
+    :param node_cache: the node-level resource cache (default: ``<workdir>/node-cache``). Keyed
+        by bucket, key and ETag, so fakes on one object store may share one: the tests do, to
+        unpack the ~500 MiB cluster environment once rather than once per cloud.
     """
 
     def __init__(
@@ -379,13 +382,14 @@ class SparkWorkRunner(threading.Thread):
         job_env: dict[str, str] | None = None,
         log_upload_delay: float = 5.0,
         image: ClusterImage | None = None,
+        node_cache: Path | None = None,
     ) -> None:
         super().__init__(name="fake-aws-runner", daemon=True)
         self.moto = moto
         self.workdir = Path(workdir)
         self.s3 = moto.s3_settings()
         self.clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)
-        self.cache = LocalizationCache(self.workdir / "node-cache", self.s3)
+        self.cache = LocalizationCache(node_cache or self.workdir / "node-cache", self.s3)
         self.uploads = LogUploads(self.s3)
         self.poll = poll
         self.job_timeout = job_timeout

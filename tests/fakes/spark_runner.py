@@ -217,15 +217,17 @@ class LocalizationCache:
     (a YARN NodeManager keeps public resources the same way): an environment archive is
     downloaded and unpacked once, then linked into every container that asks for it."""
 
+    # Per process, not per instance: two fakes may share one cache folder.
+    _locks: dict[str, threading.Lock] = {}
+    _guard = threading.Lock()
+
     def __init__(self, root: Path, s3: S3Settings | None) -> None:
         self.root = Path(root)
         self.s3 = s3
-        self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            return self._locks.setdefault(f"{self.root.resolve()}:{key}", threading.Lock())
 
     def _object(self, uri: str) -> tuple[str, str, str]:
         """(bucket, key, cache key) of an object-storage URI; JobFailed if it cannot be read."""

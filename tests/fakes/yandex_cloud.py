@@ -736,6 +736,9 @@ class YandexCloudFake:
     :param oauth_tokens: OAuth tokens IAM accepts.
     :param job_env: extra environment for every job's driver, on top of the node's.
     :param image: the fake managed image (default: built or found by ``ensure_cluster_image``).
+    :param node_cache: the node-level resource cache (default: ``<workdir>/node-cache``). Keyed
+        by bucket, key and ETag, so fakes on one object store may share one: the tests do, to
+        unpack the ~500 MiB cluster environment once rather than once per cloud.
 
     Fault knob: a cluster whose name is in :attr:`fail_cluster_start` is registered by Create
     (Get/List see it, CREATING) and then ends in ERROR without starting anything, its Create
@@ -754,6 +757,7 @@ class YandexCloudFake:
         job_env: dict[str, str] | None = None,
         certificate: Certificate | None = None,
         image: ClusterImage | None = None,
+        node_cache: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -766,7 +770,7 @@ class YandexCloudFake:
         self.certificate = certificate or make_self_signed(self.workdir / "tls")
         self.job_env = dict(job_env or {})
         self.local_clusters = LocalClusters(self.workdir / "clusters", worker_cores, worker_memory, image=image)
-        self.cache = LocalizationCache(self.workdir / "node-cache", s3)
+        self.cache = LocalizationCache(node_cache or self.workdir / "node-cache", s3)
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="fake-yc-bg")
         self.spark = ManagedSpark(self)  # Managed Service for Apache Spark (tests.fakes.yandex_spark)
         self._server: grpc.Server | None = None

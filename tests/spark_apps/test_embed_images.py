@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from spark_apps.common import clip as clip_lib
 from spark_apps.common import images
 from spark_apps.jobs import embed_images
+from tests.support.references import clip_reference, cosines, direct_image_vectors, direct_text_vectors
 from tests.support.spark_apps import METRICS_PREFIX, REPO, SAMPLES
 
 CLIP_DATA = SAMPLES / "clip"
@@ -47,46 +47,7 @@ def tiny_clip(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(tiny_clip):
     """transformers' own objects, loaded without spark_apps."""
-    from transformers import CLIPModel, CLIPTokenizer
-
-    try:
-        from transformers import CLIPImageProcessorPil as Processor  # transformers >= 5
-    except ImportError:
-        from transformers import CLIPImageProcessor as Processor
-    model = CLIPModel.from_pretrained(tiny_clip).eval()
-    return {"model": model, "processor": Processor(), "tokenizer": CLIPTokenizer.from_pretrained(tiny_clip)}
-
-
-def features(output):
-    return output if torch.is_tensor(output) else output.pooler_output
-
-
-def direct_image_vectors(reference, paths):
-    """Per image, unbatched: PIL RGB -> processor -> get_image_features -> L2 normalize."""
-    from PIL import Image
-
-    rows = []
-    with torch.no_grad():
-        for path in paths:
-            pixels = reference["processor"](images=Image.open(path).convert("RGB"), return_tensors="pt")
-            vector = features(reference["model"].get_image_features(pixel_values=pixels["pixel_values"]))[0]
-            rows.append((vector / vector.norm()).numpy())
-    return np.stack(rows)
-
-
-def direct_text_vectors(reference, texts):
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            encoded = reference["tokenizer"](text, truncation=True, max_length=77, return_tensors="pt")
-            vector = features(reference["model"].get_text_features(**encoded))[0]
-            rows.append((vector / vector.norm()).numpy())
-    return np.stack(rows)
-
-
-def cosines(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    return clip_reference(tiny_clip)
 
 
 def sha256(path):

@@ -7,30 +7,10 @@ import tarfile
 
 import pandas as pd
 import pytest
-import torch
 
 from spark_apps.jobs import llm_transform
+from tests.support.references import direct_generate
 from tests.support.spark_apps import read_sts
-
-
-def direct_generate(model_dir, prompts, max_new_tokens):
-    """What the job must produce: greedy generate per prompt, no batching, no padding."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    outputs = []
-    with torch.no_grad():
-        for prompt in prompts:
-            encoded = tokenizer(prompt, return_tensors="pt")
-            ids = model.generate(
-                input_ids=encoded["input_ids"],
-                attention_mask=encoded["attention_mask"],
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-            )
-            outputs.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
-    return outputs
 
 
 def sentences(n):
