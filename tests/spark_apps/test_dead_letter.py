@@ -13,6 +13,7 @@ import pytest
 
 from spark_apps.common import poison
 from spark_apps.jobs import embed_text
+from tests.support.references import direct_generate
 
 
 # --------------------------------------------------------------------------- bisect, plain pandas
@@ -228,28 +229,6 @@ def poison_t5(tmp_path_factory):
     return build_tiny_t5(str(tmp_path_factory.mktemp("models") / "poison-t5"), vocab_size=30000)
 
 
-def direct_generate(model_dir, prompts, max_new_tokens, max_input_tokens):
-    """Greedy generate per prompt (no batching, no padding), cut to ``max_input_tokens``."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
-    outputs, over = [], 0
-    with torch.no_grad():
-        for prompt in prompts:
-            over += len(tokenizer(prompt)["input_ids"]) > max_input_tokens
-            encoded = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=max_input_tokens)
-            ids = model.generate(
-                input_ids=encoded["input_ids"],
-                attention_mask=encoded["attention_mask"],
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-            )
-            outputs.append(tokenizer.decode(ids[0], skip_special_tokens=True).strip())
-    return outputs, over
-
-
 def test_llm_poison_rows_go_to_the_dead_letter(run_job, tmp_path, poison_t5):
     from spark_apps.jobs import llm_transform
 
@@ -294,9 +273,12 @@ def test_llm_poison_rows_go_to_the_dead_letter(run_job, tmp_path, poison_t5):
     out = pd.read_parquet(output).sort_values("id")
     good = [i for i in range(20) if i not in (5, 13)]
     assert list(out["id"]) == good
-    expected, over = direct_generate(poison_t5, [f"sentiment of the text: {texts[i]}" for i in good], 4, 16)
-    assert list(out["label"]) == expected
-    assert metrics["rows_truncated"] == over > 0
+    prompts = [f"sentiment of the text: {texts[i]}" for i in good]
+    assert list(out["label"]) == direct_generate(poison_t5, prompts, 4, max_input_tokens=16)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(poison_t5)
+    assert metrics["rows_truncated"] == sum(len(tokenizer(p)["input_ids"]) > 16 for p in prompts) > 0
 
 
 def test_llm_error_budget(tmp_path, poison_t5):

@@ -64,8 +64,11 @@ def direct_text_vectors(reference: dict, texts: Sequence[str]) -> np.ndarray:
     return np.stack(rows)
 
 
-def direct_generate(model_dir: str | Path, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """What the LLM job must produce: greedy ``generate`` per prompt, no batching, no padding."""
+def direct_generate(
+    model_dir: str | Path, prompts: Sequence[str], max_new_tokens: int, max_input_tokens: int | None = None
+) -> list[str]:
+    """What the LLM job must produce: greedy ``generate`` per prompt, no batching, no padding;
+    each prompt cut to ``max_input_tokens`` when given."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -73,7 +76,8 @@ def direct_generate(model_dir: str | Path, prompts: Sequence[str], max_new_token
     outputs = []
     with torch.no_grad():
         for prompt in prompts:
-            encoded = tokenizer(prompt, return_tensors="pt")
+            cut = max_input_tokens is not None
+            encoded = tokenizer(prompt, return_tensors="pt", truncation=cut, max_length=max_input_tokens)
             ids = model.generate(
                 input_ids=encoded["input_ids"],
                 attention_mask=encoded["attention_mask"],
