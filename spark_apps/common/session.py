@@ -23,8 +23,8 @@ CONTEXT_DEFAULTS = {
 _SHIPPED_APPS = set()  # application ids this process has shipped the package to
 
 
-def _master_already_set():
-    """True when spark-submit (or spark-defaults.conf) chose a master.
+def _submitted_conf():
+    """The settings spark-submit (and spark-defaults.conf) chose, as a SparkConf.
 
     spark-submit hands its settings to the Python driver as JVM system properties, which only
     a SparkConf created *after* the gateway JVM is up can see, hence ``_ensure_initialized``.
@@ -32,7 +32,12 @@ def _master_already_set():
     from pyspark import SparkConf, SparkContext
 
     SparkContext._ensure_initialized()
-    return SparkConf().contains("spark.master") or bool(os.environ.get("MASTER"))
+    return SparkConf()
+
+
+def _master_already_set():
+    """True when spark-submit (or spark-defaults.conf) chose a master."""
+    return _submitted_conf().contains("spark.master") or bool(os.environ.get("MASTER"))
 
 
 def _default_worker_python(master, conf):
@@ -46,10 +51,7 @@ def _default_worker_python(master, conf):
     """
     if os.environ.get("PYSPARK_PYTHON") or "spark.pyspark.python" in (conf or {}) or not sys.executable:
         return
-    from pyspark import SparkConf, SparkContext
-
-    SparkContext._ensure_initialized()
-    jvm_conf = SparkConf()
+    jvm_conf = _submitted_conf()
     if jvm_conf.contains("spark.pyspark.python"):
         return
     effective = (
@@ -65,12 +67,8 @@ def _default_worker_python(master, conf):
 
 
 def _unset_context_defaults(conf):
-    """:data:`CONTEXT_DEFAULTS` that neither ``conf`` nor the JVM's settings (spark-submit,
-    spark-defaults.conf: system properties, read as in :func:`_master_already_set`) name."""
-    from pyspark import SparkConf, SparkContext
-
-    SparkContext._ensure_initialized()
-    chosen = SparkConf()
+    """:data:`CONTEXT_DEFAULTS` that neither ``conf`` nor spark-submit / spark-defaults.conf name."""
+    chosen = _submitted_conf()
     return {k: v for k, v in CONTEXT_DEFAULTS.items() if k not in (conf or {}) and not chosen.contains(k)}
 
 
